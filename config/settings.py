@@ -1,0 +1,62 @@
+"""Every ENCODEQ_* environment variable, with local defaults.
+
+The defaults point at a local RabbitMQ and MinIO so a developer machine needs no setup; compose and
+CI override them through the environment. Nothing secret lives here beyond MinIO's local default.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENCODEQ_", extra="ignore")
+
+    # --- connections -------------------------------------------------------------------------
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    s3_endpoint: str = "http://127.0.0.1:9000"
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    s3_region: str = "us-east-1"
+    #: Prepended to every bucket name, so test runs (and tenants) never see each other's objects.
+    bucket_prefix: str = ""
+
+    # --- queue topology ----------------------------------------------------------------------
+    #: Deliveries a quorum work queue allows before it dead-letters the message (crash loops).
+    delivery_limit: int = 4
+
+    # --- limits on untrusted input -----------------------------------------------------------
+    max_upload_bytes: int = 4 * 1024**3
+    max_duration_s: float = 4 * 3600.0
+    max_pixels: int = 4096 * 2304
+    max_streams: int = 16
+    probe_timeout_s: float = 30.0
+    #: Soft time limit of one encode (and the ffmpeg wall clock); the hard limit sits above it.
+    encode_time_limit_s: int = 1800
+    #: An encode that writes more than this many bytes is killed (runaway output).
+    max_output_bytes: int = 8 * 1024**3
+
+    # --- encoding ----------------------------------------------------------------------------
+    x264_preset: str = "veryfast"
+    segment_seconds: int = 4
+    audio_bitrate_k: int = 128
+    #: Threads per ffmpeg (0 lets ffmpeg choose); bench pins it to model single-core hosts.
+    ffmpeg_threads: int = 0
+    #: Where workers keep local copies of sources and outputs while they work.
+    work_dir: str = ""
+
+    # --- events ------------------------------------------------------------------------------
+    #: At most one progress event per rendition this often.
+    progress_interval_s: float = 0.5
+
+    def bucket(self, name: str) -> str:
+        """The real bucket name of one of the logical buckets (uploads, jobs, renditions, failures)."""
+        return f"{self.bucket_prefix}{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,80 @@
+"""The RabbitMQ topology, declared the same way by whoever connects first.
+
+    exchange encodeq (topic) --control--> encodeq.control  (quorum: probe, finalize)
+                             --encode---> encodeq.encode   (quorum: the heavy work)
+    each work queue dead-letters (at-least-once, delivery limit) to
+    exchange encodeq.dlx (fanout) --> encodeq.dlq (classic, durable: browsing it costs nothing)
+    exchange encodeq.events (topic): job.* and rendition.* lifecycle events, pub-sub
+
+Topic, not direct, exchanges: Celery's native delayed delivery (retry countdowns held by the broker,
+not in worker memory) only binds topic exchanges. The DLQ is a classic queue on purpose: a quorum
+queue counts every returned delivery against its delivery limit, so browsing it could drop messages.
+"""
+
+from __future__ import annotations
+
+from kombu import Connection, Exchange, Queue
+
+from config.settings import get_settings
+
+WORK_EXCHANGE = Exchange("encodeq", type="topic", durable=True)
+DEAD_LETTER_EXCHANGE = Exchange("encodeq.dlx", type="fanout", durable=True)
+EVENTS_EXCHANGE = Exchange("encodeq.events", type="topic", durable=True)
+
+CONTROL_QUEUE_NAME = "encodeq.control"
+ENCODE_QUEUE_NAME = "encodeq.encode"
+DEAD_LETTER_QUEUE_NAME = "encodeq.dlq"
+
+#: Celery task name -> (queue name, routing key). The one routing table.
+TASK_ROUTES: dict[str, tuple[str, str]] = {
+    "encodeq.probe": (CONTROL_QUEUE_NAME, "control"),
+    "encodeq.finalize": (CONTROL_QUEUE_NAME, "control"),
+    "encodeq.encode": (ENCODE_QUEUE_NAME, "encode"),
+}
+
+
+def work_queue_arguments(delivery_limit: int | None = None) -> dict[str, object]:
+    """Arguments of every work queue: quorum, dead-lettered at least once, crash loops capped."""
+    limit = get_settings().delivery_limit if delivery_limit is None else delivery_limit
+    return {
+        # Celery detects quorum queues only from this argument in its own queue config.
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+        # at-least-once needs reject-publish overflow, else RabbitMQ silently uses at-most-once.
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": limit,
+    }
+
+
+def work_queues() -> list[Queue]:
+    """The two work queues, as Celery's task_queues."""
+    args = work_queue_arguments()
+    return [
+        Queue(CONTROL_QUEUE_NAME, WORK_EXCHANGE, routing_key="control", queue_arguments=args),
+        Queue(ENCODE_QUEUE_NAME, WORK_EXCHANGE, routing_key="encode", queue_arguments=args),
+    ]
+
+
+def dead_letter_queue() -> Queue:
+    return Queue(
+        DEAD_LETTER_QUEUE_NAME,
+        DEAD_LETTER_EXCHANGE,
+        routing_key="",
+        durable=True,
+        queue_arguments={"x-queue-type": "classic"},
+    )
+
+
+def declare_topology(connection: Connection) -> None:
+    """Declare exchanges and queues idempotently.
+
+    The DLX and DLQ come first: RabbitMQ drops, silently, a message dead-lettered to an exchange
+    that does not exist.
+    """
+    channel = connection.default_channel
+    for exchange in (DEAD_LETTER_EXCHANGE, WORK_EXCHANGE, EVENTS_EXCHANGE):
+        exchange.bind(channel).declare()
+    dead_letter_queue().bind(channel).declare()
+    for queue in work_queues():
+        queue.bind(channel).declare()

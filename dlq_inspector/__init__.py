@@ -1,0 +1,1 @@
+"""The DLQ inspector: list, explain, replay and purge dead-lettered messages."""

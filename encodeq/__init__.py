@@ -1,0 +1,1 @@
+"""The shared core of encodeq: job manifest, storage, events, failure records and the CLI."""

@@ -1,0 +1,192 @@
+"""The ``encodeq`` command: worker, upload, status, jobs, dlq, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from config.settings import get_settings
+from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
+from encodeq.manifest import JobStore, Manifest
+from encodeq.storage import Storage
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False
+)
+out = Console()
+err = Console(stderr=True)
+
+try:
+    from dlq_inspector.cli import app as dlq_app
+
+    app.add_typer(dlq_app, name="dlq", help="Inspect, replay and purge the dead-letter queue.")
+except ImportError:  # pragma: no cover - the inspector ships with the package
+    pass
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Pool processes (competing consumers).")] = 2,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+    hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+) -> None:
+    """Run a Celery worker on the control and encode queues."""
+    from worker.app import app as celery_app
+
+    name = hostname or f"encodeq-{os.getpid()}@%h"
+    celery_app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--loglevel={loglevel}",
+            f"--hostname={name}",
+            f"--queues={CONTROL_QUEUE_NAME},{ENCODE_QUEUE_NAME}",
+        ]
+    )
+
+
+class _UploadBar:
+    """minio's progress protocol (set_meta/update) driving a Rich bar."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress, self.label = progress, label
+        self.task = progress.add_task(label, total=None)
+
+    def set_meta(self, object_name: str, total_length: int) -> None:
+        self.progress.update(self.task, total=total_length)
+
+    def update(self, length: int) -> None:
+        self.progress.advance(self.task, length)
+
+
+@app.command()
+def upload(
+    paths: Annotated[list[Path], typer.Argument(help="Video files to encode.")],
+    wait: Annotated[bool, typer.Option(help="Follow the jobs until they end.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest(s) as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
+) -> None:
+    """Upload videos and start their jobs; prints job ids. With --wait: exit 0 when every job
+    completed, 1 when any failed (or the timeout passed)."""
+    from uploader.follow import follow
+    from uploader.submit import SubmitError, submit
+
+    storage = Storage()
+    jobs = JobStore(storage)
+    submitted: list[Manifest] = []
+    with Progress(
+        "{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err
+    ) as bars:
+        for path in paths:
+            try:
+                manifest = submit(path, storage, progress=_UploadBar(bars, f"upload {path.name}"))
+            except SubmitError as exc:
+                fail(str(exc))
+            submitted.append(manifest)
+            (err if as_json else out).print(manifest.job_id, markup=False, highlight=False)
+    ids = [m.job_id for m in submitted]
+    if not wait:
+        if as_json:
+            _print_manifests(submitted)
+        return
+    final = follow(jobs, ids, timeout, console=err)
+    manifests = [final.get(i) or jobs.load(i) or m for i, m in zip(ids, submitted, strict=True)]
+    if as_json:
+        _print_manifests(manifests)
+    else:
+        for m in manifests:
+            _summary(m)
+    timed_out = [i for i in ids if i not in final]
+    if timed_out:
+        err.print(f"[yellow]timed out after {timeout:.0f}s waiting for {', '.join(timed_out)}")
+    raise typer.Exit(0 if all(m.state == "completed" for m in manifests) else 1)
+
+
+def _print_manifests(manifests: list[Manifest]) -> None:
+    docs = [m.model_dump(mode="json") for m in manifests]
+    print_json(docs[0] if len(docs) == 1 else docs)
+
+
+def _summary(m: Manifest) -> None:
+    colour = {"completed": "green", "failed": "red"}.get(m.state, "yellow")
+    out.print(f"[bold]{m.job_id}[/] [{colour}]{m.state}[/] {m.source.filename}", highlight=False)
+    if m.error:
+        out.print(f"  [red]{m.error.code}[/]: {m.error.message}", highlight=False)
+    if m.master_playlist:
+        out.print(f"  master: {m.master_playlist}", highlight=False)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Argument(help="A job id printed by upload.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show one job's manifest."""
+    manifest = JobStore(Storage()).load(job_id) if job_id.isalnum() else None
+    if manifest is None:
+        fail(f"no job {job_id!r}", code=1)
+    assert manifest is not None
+    if as_json:
+        print_json(manifest.model_dump(mode="json"))
+        return
+    _summary(manifest)
+    s = manifest.source
+    out.print(f"  source: {s.uri} {s.width}x{s.height} {s.duration or 0:.2f}s", highlight=False)
+    table = Table("rendition", "size", "state", "worker", "bandwidth", "playlist")
+    for r in manifest.renditions:
+        table.add_row(r.name, f"{r.width}x{r.height}", r.state, r.worker or "",
+                      str(r.bandwidth or ""), r.playlist or "")  # fmt: skip
+    out.print(table)
+
+
+@app.command("jobs")
+def list_jobs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List every job, oldest first."""
+    manifests = JobStore(Storage()).list()
+    if as_json:
+        print_json([m.model_dump(mode="json") for m in manifests])
+        return
+    table = Table("job", "state", "file", "renditions", "error")
+    for m in manifests:
+        done = sum(r.state == "completed" for r in m.renditions)
+        table.add_row(m.job_id, m.state, m.source.filename, f"{done}/{len(m.renditions)}",
+                      m.error.code if m.error else "")  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+def demo(
+    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 2,
+    keep: Annotated[bool, typer.Option(help="Leave the sample files in ./encodeq-demo.")] = False,
+) -> None:
+    """The whole pipeline on this machine: sample video + a broken file, two workers, live view."""
+    from encodeq.demo import run_demo
+
+    raise typer.Exit(run_demo(workers=workers, keep=keep, console=out))
+
+
+@app.callback()
+def main() -> None:
+    """encodeq: upload videos, encode them on competing Celery workers, inspect what died."""
+    get_settings()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,93 @@
+"""Job and rendition lifecycle events on the ``encodeq.events`` topic exchange (pub-sub).
+
+Routing keys: ``job.<state>`` (queued, probing, encoding, completed, failed) and
+``rendition.<what>`` (started, progress, completed, failed). Every subscriber binds its own
+auto-deleted queue, so the CLI, a dashboard and any notifier each see every event. Events are
+transient: they show what is happening; the manifest in storage is the truth.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from kombu import Connection, Consumer, Producer, Queue
+from kombu.exceptions import OperationalError
+
+from config.topology import EVENTS_EXCHANGE
+from encodeq.manifest import now_iso
+
+
+def publish_event(producer: Producer, routing_key: str, **fields: Any) -> None:
+    """Publish one event; never lets a broker hiccup fail the work that emits it."""
+    body = {"event": routing_key, "time": now_iso(), **fields}
+    try:
+        producer.publish(
+            body,
+            exchange=EVENTS_EXCHANGE,
+            routing_key=routing_key,
+            serializer="json",
+            delivery_mode=1,
+            declare=[EVENTS_EXCHANGE],
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2},
+        )
+    except (OperationalError, OSError):
+        pass
+
+
+class EventSubscription:
+    """A private, auto-deleted queue bound to the events exchange."""
+
+    def __init__(self, connection: Connection, binding_keys: tuple[str, ...] = ("#",)) -> None:
+        self.connection = connection
+        name = f"encodeq.events.{socket.gethostname()}.{os.getpid()}.{id(self):x}"
+        self.queue = Queue(
+            name,
+            exchange=EVENTS_EXCHANGE,
+            routing_key=binding_keys[0],
+            exclusive=True,
+            auto_delete=True,
+            durable=False,
+        )
+        self._extra_keys = binding_keys[1:]
+        self._pending: list[dict[str, Any]] = []
+        self._consumer: Consumer | None = None
+
+    def __enter__(self) -> EventSubscription:
+        channel = self.connection.channel()
+        EVENTS_EXCHANGE.bind(channel).declare()
+        bound = self.queue.bind(channel)
+        bound.declare()
+        for key in self._extra_keys:
+            bound.bind_to(EVENTS_EXCHANGE, routing_key=key)
+        self._consumer = Consumer(
+            channel, queues=[bound], callbacks=[self._on_message], accept=["json"], no_ack=True
+        )
+        self._consumer.consume()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.cancel()
+                self._consumer.channel.close()
+            except Exception:  # the connection may already be gone; the queue auto-deletes
+                pass
+
+    def _on_message(self, body: dict[str, Any], message: Any) -> None:
+        self._pending.append(body)
+
+    def events(self, timeout: float) -> Iterator[dict[str, Any]]:
+        """The events that arrive within ``timeout`` seconds (possibly none)."""
+        try:
+            self.connection.drain_events(timeout=timeout)
+            # Take whatever else is already buffered without waiting again.
+            while True:
+                self.connection.drain_events(timeout=0.01)
+        except TimeoutError:
+            pass
+        pending, self._pending = self._pending, []
+        yield from pending

@@ -1,0 +1,47 @@
+"""Failure records: *why* a task died, joined by task id with the broker's ``x-death`` (*where*).
+
+Written by the worker whenever a task fails for good (or its worker is lost), to
+``failures/<task_id>.json``. The DLQ inspector reads them; nothing else depends on them.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from encodeq.manifest import now_iso
+from encodeq.storage import FAILURES, Storage
+
+TRACEBACK_TAIL_LINES = 15
+
+
+class FailureRecord(BaseModel):
+    task_id: str
+    task: str | None = None
+    job_id: str | None = None
+    #: Stable error code: an input error's code, ``timeout``, ``worker_lost``, ``malformed``...
+    code: str
+    exc_type: str
+    message: str
+    traceback_tail: str = ""
+    #: Runs of this task: Celery retries + 1.
+    attempts: int = 1
+    #: Broker deliveries of this message so far (quorum queues' x-delivery-count + 1).
+    deliveries: int = 1
+    worker: str | None = None
+    queue: str | None = None
+    #: False when the broker gets the message back (a lost worker, requeued until the limit).
+    dead_lettered: bool = True
+    time: str = Field(default_factory=now_iso)
+
+
+def tail(text: str, lines: int = TRACEBACK_TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def save_failure(storage: Storage, record: FailureRecord) -> str:
+    return storage.put_json(FAILURES, f"{record.task_id}.json", record.model_dump(mode="json"))
+
+
+def load_failure(storage: Storage, task_id: str) -> FailureRecord | None:
+    doc = storage.get_json(FAILURES, f"{task_id}.json")
+    return None if doc is None else FailureRecord.model_validate(doc)

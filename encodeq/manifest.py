@@ -1,0 +1,146 @@
+"""The job manifest: the durable state of a job, kept in the ``jobs`` bucket.
+
+One writer per object, so concurrent workers never lose each other's updates without locks:
+``<job>/manifest.json`` holds the job-level state (written by the uploader, probe, finalize and the
+failure handler, which run one after another), and ``<job>/renditions/<name>.json`` holds one
+rendition's state (written only by the task encoding that rendition). ``JobStore.load`` joins them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from encodeq.storage import JOBS, Storage
+
+JobState = Literal["queued", "probing", "encoding", "completed", "failed"]
+RenditionState = Literal["pending", "encoding", "completed", "failed"]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class SourceInfo(BaseModel):
+    uri: str
+    #: The uploader's file name, kept as data only: object keys never come from it.
+    filename: str
+    size_bytes: int
+    #: Displayed size (rotation applied): what a viewer sees, and what the ladder is chosen from.
+    width: int | None = None
+    height: int | None = None
+    duration: float | None = None
+    coded_width: int | None = None
+    coded_height: int | None = None
+    rotation: int = 0
+    has_audio: bool | None = None
+    video_codec: str | None = None
+    container: str | None = None
+    frame_rate: float | None = None
+
+
+class Rendition(BaseModel):
+    name: str
+    width: int
+    height: int
+    video_kbps: int
+    state: RenditionState = "pending"
+    playlist: str | None = None
+    worker: str | None = None
+    progress: float = 0.0
+    bandwidth: int | None = None
+    average_bandwidth: int | None = None
+    codecs: str | None = None
+    duration: float | None = None
+    segments: int | None = None
+    size_bytes: int | None = None
+    task_id: str | None = None
+    updated_at: str = Field(default_factory=now_iso)
+
+
+class Manifest(BaseModel):
+    job_id: str
+    state: JobState = "queued"
+    created_at: str = Field(default_factory=now_iso)
+    updated_at: str = Field(default_factory=now_iso)
+    source: SourceInfo
+    renditions: list[Rendition] = Field(default_factory=list)
+    master_playlist: str | None = None
+    poster: str | None = None
+    error: ErrorInfo | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("completed", "failed")
+
+
+def _manifest_key(job_id: str) -> str:
+    return f"{job_id}/manifest.json"
+
+
+def _rendition_key(job_id: str, name: str) -> str:
+    return f"{job_id}/renditions/{name}.json"
+
+
+class JobStore:
+    """Reads and writes manifests; the only code that knows their keys."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def save(self, manifest: Manifest) -> None:
+        manifest.updated_at = now_iso()
+        doc = manifest.model_dump(mode="json")
+        self.storage.put_json(JOBS, _manifest_key(manifest.job_id), doc)
+
+    def load_job(self, job_id: str) -> Manifest | None:
+        """The job-level document alone, as its writers last left it."""
+        doc = self.storage.get_json(JOBS, _manifest_key(job_id))
+        return None if doc is None else Manifest.model_validate(doc)
+
+    def load(self, job_id: str) -> Manifest | None:
+        """The job as a user sees it: the job document with each rendition's latest record."""
+        manifest = self.load_job(job_id)
+        if manifest is None:
+            return None
+        manifest.renditions = [
+            self.load_rendition(job_id, r.name) or r for r in manifest.renditions
+        ]
+        return manifest
+
+    def load_rendition(self, job_id: str, name: str) -> Rendition | None:
+        doc = self.storage.get_json(JOBS, _rendition_key(job_id, name))
+        return None if doc is None else Rendition.model_validate(doc)
+
+    def save_rendition(self, job_id: str, rendition: Rendition) -> None:
+        rendition.updated_at = now_iso()
+        self.storage.put_json(
+            JOBS, _rendition_key(job_id, rendition.name), rendition.model_dump(mode="json")
+        )
+
+    def set_state(self, job_id: str, state: JobState, error: ErrorInfo | None = None) -> Manifest:
+        """Move the job to ``state``. A completed job is never failed afterwards (a late duplicate
+        of an already finished task must not undo the result)."""
+        manifest = self.load_job(job_id)
+        if manifest is None:
+            raise KeyError(job_id)
+        if manifest.state == "completed" and state == "failed":
+            return manifest
+        manifest.state = state
+        manifest.error = error
+        self.save(manifest)
+        return manifest
+
+    def job_ids(self) -> list[str]:
+        return sorted(key.rstrip("/") for key in self.storage.list_keys(JOBS, recursive=False))
+
+    def list(self) -> list[Manifest]:
+        manifests = [m for m in (self.load(job_id) for job_id in self.job_ids()) if m is not None]
+        return sorted(manifests, key=lambda m: m.created_at)

@@ -1,0 +1,1 @@
+"""The uploader service: put a source in storage, write its manifest, start its job."""

@@ -1,0 +1,1 @@
+"""The worker service: the Celery app, its tasks, and the ffmpeg wrapper they use."""

@@ -1,0 +1,142 @@
+"""One rendition: source file -> ffmpeg (H.264 yuv420p + AAC) -> HLS files in a local folder.
+
+The command is built with ffmpeg-python. Keyframes are forced on the segment grid
+(``expr:gte(t,n_forced*S)``) with scene-cut keyframes off, so every rung starts its segments on the
+same instants and a player can switch rungs at any segment boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import ffmpeg
+
+from config.ladder import RenditionPlan
+from config.settings import Settings
+from worker import process
+from worker.hls import AAC_LC, MediaPlaylistStats, avc1_codec, media_playlist_stats
+from worker.probe import SAFE_INPUT_OPTIONS, ProbeResult
+
+PLAYLIST_NAME = "index.m3u8"
+SEGMENT_PATTERN = "seg_%05d.ts"
+GLOBAL_ARGS = ["-hide_banner", "-nostdin", "-y", "-loglevel", "warning", "-nostats"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    percent: float
+    fps: float
+    speed: float
+
+
+@dataclass(frozen=True)
+class EncodedRendition:
+    folder: Path
+    stats: MediaPlaylistStats
+    codecs: str
+
+
+def encode_args(
+    source: Path, probe: ProbeResult, plan: RenditionPlan, out_dir: Path, settings: Settings
+) -> list[str]:
+    """The ffmpeg argv for one rung (a list: nothing here is ever given to a shell)."""
+    seg = settings.segment_seconds
+    stream = ffmpeg.input(str(source), **SAFE_INPUT_OPTIONS)
+    # ffmpeg applies the rotation (autorotate) before the filter graph, so scale to display size.
+    video = stream["v:0"].filter("scale", plan.width, plan.height).filter("setsar", 1)
+    outputs = [video] + ([stream["a:0"]] if probe.has_audio else [])
+    options: dict[str, object] = {
+        "c:v": "libx264",
+        "preset": settings.x264_preset,
+        "profile:v": "high",
+        "pix_fmt": "yuv420p",
+        "b:v": f"{plan.video_kbps}k",
+        "maxrate": f"{plan.maxrate_kbps}k",
+        "bufsize": f"{plan.bufsize_kbps}k",
+        "g": max(1, math.ceil(probe.frame_rate * seg)),
+        "sc_threshold": 0,
+        "force_key_frames": f"expr:gte(t,n_forced*{seg})",
+        "threads": settings.ffmpeg_threads,
+        "f": "hls",
+        "hls_time": seg,
+        "hls_playlist_type": "vod",
+        "hls_flags": "independent_segments",
+        "hls_segment_filename": str(out_dir / SEGMENT_PATTERN),
+    }
+    if probe.has_audio:
+        options.update({"c:a": "aac", "b:a": f"{settings.audio_bitrate_k}k", "ac": 2, "ar": 48000})
+    command = ffmpeg.output(*outputs, str(out_dir / PLAYLIST_NAME), **options)
+    compiled = command.compile()
+    return [compiled[0], *GLOBAL_ARGS, "-progress", "pipe:1", *compiled[1:]]
+
+
+def encode(
+    source: Path,
+    probe: ProbeResult,
+    plan: RenditionPlan,
+    out_dir: Path,
+    settings: Settings,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> EncodedRendition:
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def progress(block: dict[str, str]) -> None:
+        if on_progress is None:
+            return
+        out_us = _number(block.get("out_time_us") or block.get("out_time_ms"))
+        percent = 100.0 if block.get("progress") == "end" else out_us / 1e6 / probe.duration * 100
+        on_progress(
+            Progress(
+                percent=max(0.0, min(100.0, percent)),
+                fps=_number(block.get("fps")),
+                speed=_number((block.get("speed") or "0").rstrip("x")),
+            )
+        )
+
+    process.run(
+        encode_args(source, probe, plan, out_dir, settings),
+        timeout_s=settings.encode_time_limit_s,
+        on_progress=progress,
+        watch_dir=out_dir,
+        max_output_bytes=settings.max_output_bytes,
+    )
+    playlist = out_dir / PLAYLIST_NAME
+    return EncodedRendition(
+        folder=out_dir,
+        stats=media_playlist_stats(playlist),
+        codecs=codecs_of(out_dir, probe.has_audio, settings),
+    )
+
+
+def codecs_of(folder: Path, has_audio: bool, settings: Settings) -> str:
+    """The CODECS attribute, read from the first segment ffmpeg actually wrote."""
+    first = sorted(folder.glob("seg_*.ts"))[0]
+    out = process.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+         "stream=profile,level", "-of", "json", str(first)],
+        timeout_s=settings.probe_timeout_s,
+    )  # fmt: skip
+    stream = json.loads(out)["streams"][0]
+    codecs = [avc1_codec(stream.get("profile", "High"), int(stream.get("level", 31)))]
+    return ",".join(codecs + ([AAC_LC] if has_audio else []))
+
+
+def poster(segment: Path, out: Path, settings: Settings) -> Path:
+    """One JPEG frame from a rendition segment (small to fetch, already decoded size)."""
+    process.run(
+        ["ffmpeg", *GLOBAL_ARGS, "-protocol_whitelist", "file", "-i", str(segment),
+         "-frames:v", "1", "-q:v", "3", str(out)],
+        timeout_s=settings.probe_timeout_s,
+    )  # fmt: skip
+    return out
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0

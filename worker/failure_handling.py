@@ -1,0 +1,194 @@
+"""What happens when a task or a message fails: record why, fail the job, dead-letter, never ack.
+
+Celery is configured with late acks and ``task_acks_on_failure=False``, so a failed task's message
+is rejected without requeue and RabbitMQ dead-letters it. This module adds what Celery does not:
+
+* ``RecordingRequest`` writes a failure record (type, message, traceback tail, attempts, worker)
+  and marks the job failed with its error code. It runs in the worker's main process, which also
+  sees the failures the pool child cannot report itself: a SIGKILLed child (``WorkerLostError``).
+* ``DeadLetteringConsumer`` rejects (dead-letters) messages Celery would otherwise ack and forget:
+  bodies that do not decode; and records why unknown or malformed messages were rejected.
+* ``DeclareTopology`` declares the DLX, DLQ and queues on every (re)connection of the consumer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from typing import Any
+
+from billiard.einfo import ExceptionWithTraceback
+from celery import bootsteps
+from celery.exceptions import Retry, SoftTimeLimitExceeded, WorkerLostError
+from celery.worker.consumer import Consumer
+from celery.worker.consumer.connection import Connection
+from celery.worker.request import Request
+
+from config.retry_policy import TRANSIENT_ERRORS
+from config.settings import get_settings
+from config.topology import declare_topology
+from encodeq.errors import PermanentError
+from encodeq.failures import FailureRecord, save_failure, tail
+from encodeq.manifest import ErrorInfo, JobStore
+from encodeq.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable code a failure is known by, in the manifest and in the DLQ inspector."""
+    if isinstance(exc, PermanentError):
+        return exc.code
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "timeout"
+    if isinstance(exc, WorkerLostError):
+        return "worker_lost"
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return "retries_exhausted"
+    if isinstance(exc, TypeError):
+        return "bad_arguments"
+    return "internal_error"
+
+
+def message_key(headers: dict[str, Any] | None, body: bytes | str | None) -> str:
+    """Who a message is: its Celery task id, or a digest of its body when it has none."""
+    task_id = (headers or {}).get("id")
+    if isinstance(task_id, str) and task_id:
+        return task_id
+    raw = body.encode() if isinstance(body, str) else (body or b"")
+    return "body-" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+def _deliveries(message: Any) -> int:
+    """1 for a first delivery; quorum queues count returns in x-delivery-count."""
+    headers = getattr(message, "headers", None) or {}
+    return int(headers.get("x-delivery-count", 0) or 0) + 1
+
+
+def _save(record: FailureRecord) -> None:
+    try:
+        save_failure(Storage(), record)
+    except Exception:  # storage down: the DLQ still has the message and its x-death
+        logger.exception("could not save the failure record of %s", record.task_id)
+
+
+def _fail_job(job_id: str | None, rendition: str | None, code: str, message: str) -> None:
+    if not job_id or not JOB_ID.match(job_id):
+        return
+    try:
+        jobs = JobStore(Storage())
+        if jobs.load_job(job_id) is None:
+            return
+        jobs.set_state(job_id, "failed", ErrorInfo(code=code, message=message))
+        if rendition:
+            record = jobs.load_rendition(job_id, rendition)
+            if record is not None and record.state != "completed":
+                record.state = "failed"
+                jobs.save_rendition(job_id, record)
+        from worker.events import emit  # late: events import the Celery app
+
+        emit("job.failed", job_id=job_id, rendition=rendition, code=code, message=message)
+    except Exception:
+        logger.exception("could not mark job %s failed", job_id)
+
+
+class RecordingRequest(Request):
+    """A Celery request that leaves a failure record before Celery rejects its message."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False):
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if not isinstance(exc, Retry):
+            try:
+                self._record(exc, exc_info)
+            except Exception:
+                logger.exception("failure handling of %s failed", self.id)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+    def _record(self, exc: BaseException, exc_info: Any) -> None:
+        deliveries = _deliveries(self._message)
+        requeued = isinstance(exc, WorkerLostError) and self.task.reject_on_worker_lost
+        # A requeued message dies in the broker once it has been delivered more than the limit
+        # allows; this worker saw its last delivery, so it is the one that can say why.
+        last_delivery = deliveries > get_settings().delivery_limit
+        args = list(self.args or [])
+        job_id = args[0] if args and isinstance(args[0], str) else self.kwargs.get("job_id")
+        rendition = args[1] if len(args) > 1 and isinstance(args[1], str) else None
+        code = error_code(exc)
+        if requeued and last_delivery:
+            code = "delivery_limit"
+        message = str(exc) or type(exc).__name__
+        _save(
+            FailureRecord(
+                task_id=self.id,
+                task=self.name,
+                job_id=job_id if isinstance(job_id, str) else None,
+                code=code,
+                exc_type=type(exc).__name__,
+                message=message,
+                traceback_tail=tail(exc_info.traceback or ""),
+                attempts=int(self.request_dict.get("retries") or 0) + 1,
+                deliveries=deliveries,
+                worker=self.hostname,
+                queue=self.delivery_info.get("routing_key"),
+                dead_lettered=not requeued or last_delivery,
+            )
+        )
+        if not requeued or last_delivery:
+            _fail_job(job_id if isinstance(job_id, str) else None, rendition, code, message)
+
+
+class DeadLetteringConsumer(Consumer):
+    """Celery's consumer, but a message it cannot use is dead-lettered with a record, never acked.
+
+    Celery already rejects (without requeue) unknown, malformed and invalid messages; we add the
+    failure record. It *acks* a body that does not decode: that one we reject ourselves.
+    """
+
+    def _record(self, message: Any, code: str, exc: BaseException | None, detail: str) -> None:
+        headers = getattr(message, "headers", None) or {}
+        task = headers.get("task")
+        _save(
+            FailureRecord(
+                task_id=message_key(headers, message.body),
+                task=task if isinstance(task, str) else None,
+                code=code,
+                exc_type=type(exc).__name__ if exc else "MalformedMessage",
+                message=detail,
+                deliveries=_deliveries(message),
+                worker=self.hostname,
+                queue=(message.delivery_info or {}).get("routing_key"),
+            )
+        )
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        logger.error("dead-lettering a message that does not decode: %r", exc)
+        detail = f"body does not decode as {message.content_type!r}: {exc}"
+        self._record(message, "undecodable", exc, detail)
+        message.reject_log_error(logger, self.connection_errors)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._record(message, "malformed", None, "not a Celery task message (no task header)")
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name = (getattr(message, "headers", None) or {}).get("task")
+        self._record(message, "unknown_task", exc, f"no task named {name!r} is registered")
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._record(message, "invalid_message", exc, f"invalid task message: {exc}")
+        super().on_invalid_task(body, message, exc)
+
+
+class DeclareTopology(bootsteps.StartStopStep):
+    """Declare exchanges, the DLQ and the work queues whenever the consumer connects."""
+
+    requires = (Connection,)
+
+    def start(self, c: Consumer) -> None:
+        declare_topology(c.connection)

@@ -1,0 +1,146 @@
+"""ffprobe an untrusted upload, under limits, into what the ladder and encoder need.
+
+Only the local copy the worker downloaded is ever opened: ``-protocol_whitelist file`` stops a
+playlist or concat script from reaching the network, and the demuxer allow-list stops HLS, concat,
+image sequences and friends from being parsed at all. Every refusal is an ``InputError`` with a
+stable code, which fails the job at once (no retry).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from config.settings import Settings
+from encodeq.errors import InputError
+from worker import process
+
+#: Demuxers we accept (ffmpeg names). Not hls, concat, image2, lavfi, tty, or any other that
+#: follows references to other files or synthesises input.
+ALLOWED_DEMUXERS = ",".join(
+    [
+        "mov", "mp4", "m4a", "3gp", "3g2", "mj2",  # the mov demuxer's names
+        "matroska", "webm", "avi", "flv", "mpegts", "mpeg", "ogg", "asf",
+        "h264", "hevc", "m4v", "yuv4mpegpipe",
+    ]
+)  # fmt: skip
+
+#: Options that bound how much of the input ffprobe/ffmpeg read before deciding what it is.
+SAFE_INPUT_OPTIONS: dict[str, str] = {
+    "protocol_whitelist": "file",
+    "format_whitelist": ALLOWED_DEMUXERS,
+    "probesize": str(32 * 1024 * 1024),
+    "analyzeduration": str(20 * 1000 * 1000),
+}
+
+#: Codecs that are pictures, not moving video (a cover image is not a video stream).
+STILL_IMAGE_CODECS = {"png", "mjpeg", "bmp", "gif", "webp", "tiff", "jpeg2000"}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    container: str
+    duration: float
+    coded_width: int
+    coded_height: int
+    display_width: int
+    display_height: int
+    rotation: int
+    frame_rate: float
+    video_codec: str
+    has_audio: bool
+
+
+def safe_input_args() -> list[str]:
+    return [arg for key, value in SAFE_INPUT_OPTIONS.items() for arg in (f"-{key}", value)]
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    for side in stream.get("side_data_list", []):
+        if "rotation" in side:
+            return int(round(float(side["rotation"]))) % 360
+    return int(stream.get("tags", {}).get("rotate", 0)) % 360
+
+
+def _rate(text: str | None) -> float:
+    try:
+        value = Fraction(text or "0")
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return float(value)
+
+
+def _even(value: float) -> int:
+    return max(2, int(round(value / 2.0)) * 2)
+
+
+def probe(path: Path, settings: Settings) -> ProbeResult:
+    """Describe ``path`` or raise InputError with the reason it cannot be encoded."""
+    argv = [
+        "ffprobe", "-v", "error", *safe_input_args(),
+        "-print_format", "json", "-show_format", "-show_streams", str(path),
+    ]  # fmt: skip
+    try:
+        info = json.loads(process.run(argv, timeout_s=settings.probe_timeout_s))
+    except process.ProcessFailed as exc:
+        raise InputError("not_a_video", f"ffprobe could not read the file ({exc})") from None
+    except json.JSONDecodeError:
+        raise InputError("not_a_video", "ffprobe returned no description") from None
+    return check(info, settings)
+
+
+def check(info: dict[str, Any], settings: Settings) -> ProbeResult:
+    """Apply the limits to an ffprobe description."""
+    fmt = info.get("format", {})
+    streams = info.get("streams", [])
+    if len(streams) > settings.max_streams:
+        raise InputError(
+            "too_many_streams", f"{len(streams)} streams (limit {settings.max_streams})"
+        )
+    videos = [
+        s
+        for s in streams
+        if s.get("codec_type") == "video"
+        and not s.get("disposition", {}).get("attached_pic")
+        and s.get("codec_name") not in STILL_IMAGE_CODECS
+    ]
+    if not videos:
+        raise InputError("no_video_stream", "the file has no video stream")
+    video = videos[0]
+    width, height = int(video.get("width") or 0), int(video.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise InputError("invalid_dimensions", f"video stream is {width}x{height}")
+    if width * height > settings.max_pixels:
+        raise InputError(
+            "too_large", f"{width}x{height} exceeds {settings.max_pixels} pixels per frame"
+        )
+    duration = float(fmt.get("duration") or video.get("duration") or 0.0)
+    if duration <= 0:
+        raise InputError("invalid_duration", "the file reports no duration")
+    if duration > settings.max_duration_s:
+        raise InputError(
+            "too_long", f"{duration:.0f}s exceeds the limit of {settings.max_duration_s:.0f}s"
+        )
+    frame_rate = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
+    if frame_rate <= 0 or frame_rate > 240:
+        raise InputError("invalid_frame_rate", f"frame rate {frame_rate:.2f} is not usable")
+    sar = _rate(video.get("sample_aspect_ratio")) or 1.0
+    rotation = _rotation(video)
+    display_w, display_h = _even(width * sar), _even(height)
+    if rotation in (90, 270):
+        display_w, display_h = display_h, display_w
+    return ProbeResult(
+        container=str(fmt.get("format_name", "")),
+        duration=duration,
+        coded_width=width,
+        coded_height=height,
+        display_width=display_w,
+        display_height=display_h,
+        rotation=rotation,
+        frame_rate=frame_rate,
+        video_codec=str(video.get("codec_name", "")),
+        has_audio=any(s.get("codec_type") == "audio" for s in streams),
+    )

@@ -1,0 +1,109 @@
+"""Run ffmpeg/ffprobe on untrusted input without letting it hang, flood or outlive us.
+
+argv lists only (no shell), its own process group (killed whole on timeout, cancel or a Celery soft
+time limit), stderr drained on a thread into a bounded tail (a chatty ffmpeg cannot block on a full
+pipe), and ``-progress pipe:1`` blocks parsed from stdout as they arrive.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from encodeq.errors import EncodeError
+
+STDERR_TAIL_LINES = 40
+
+
+class ProcessFailed(Exception):
+    def __init__(self, returncode: int, stderr_tail: str) -> None:
+        super().__init__(returncode, stderr_tail)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+    def __str__(self) -> str:
+        last = self.stderr_tail.strip().splitlines()[-1:] or ["(no output)"]
+        return f"exit {self.returncode}: {last[0]}"
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run(
+    argv: Sequence[str],
+    timeout_s: float,
+    on_progress: Callable[[dict[str, str]], None] | None = None,
+    watch_dir: Path | None = None,
+    max_output_bytes: int | None = None,
+) -> str:
+    """Run ``argv``; return its stdout (when not a progress stream). Raises ProcessFailed on a
+    non-zero exit and EncodeError(``timeout``/``output_too_large``) when a limit stops it."""
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
+        errors="replace",
+    )
+    stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    drain = threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True)
+    drain.start()
+    stopped_for: list[EncodeError] = []
+
+    def stop(reason: EncodeError) -> None:
+        stopped_for.append(reason)
+        _kill_group(proc)
+
+    deadline = threading.Timer(
+        timeout_s, stop, args=(EncodeError("timeout", f"ffmpeg ran past {timeout_s:.0f}s"),)
+    )
+    deadline.daemon = True
+    deadline.start()
+    out: list[str] = []
+    try:
+        block: dict[str, str] = {}
+        last_size_check = 0.0
+        for line in proc.stdout:
+            if on_progress is None:
+                out.append(line)
+                continue
+            key, _, value = line.strip().partition("=")
+            block[key] = value
+            if key != "progress":
+                continue
+            on_progress(block)
+            block = {}
+            if watch_dir and max_output_bytes and time.monotonic() - last_size_check > 1:
+                last_size_check = time.monotonic()
+                if _dir_size(watch_dir) > max_output_bytes:
+                    stop(
+                        EncodeError("output_too_large", f"output exceeded {max_output_bytes} bytes")
+                    )
+        proc.wait()
+    finally:
+        deadline.cancel()
+        if proc.poll() is None:  # interrupted (soft time limit, cancel): leave nothing running
+            _kill_group(proc)
+            proc.wait()
+        drain.join(timeout=5)
+    if stopped_for:
+        raise stopped_for[0]
+    if proc.returncode != 0:
+        raise ProcessFailed(proc.returncode, "".join(stderr_tail))
+    return "".join(out)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
