@@ -49,7 +49,7 @@ class RenditionPlan:
 
 def _even(value: float) -> int:
     """H.264 with yuv420p needs even dimensions."""
-    return max(2, int(round(value / 2.0)) * 2)
+    return max(2, round(value / 2.0) * 2)
 
 
 def _scaled(display_w: int, display_h: int, short: int) -> tuple[int, int]:

@@ -1,9 +1,9 @@
 """The retry policy: what counts as transient, and how often and how late it is retried.
 
 Transient errors are retried by Celery itself (``autoretry_for``) with exponential backoff and full
-jitter; the countdown is held by the broker through native delayed delivery, not by the worker. Kept
-small on purpose: each delayed retry re-routes through RabbitMQ's delay exchanges. Once the budget is
-spent the task fails, the message is rejected and dead-lettered.
+jitter; the countdown is held by the broker through native delayed delivery, not by the worker.
+Kept small on purpose: each delayed retry re-routes through RabbitMQ's delay exchanges. Once the
+budget is spent the task fails, the message is rejected and dead-lettered.
 """
 
 from __future__ import annotations

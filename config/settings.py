@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     progress_interval_s: float = 0.5
 
     def bucket(self, name: str) -> str:
-        """The real bucket name of one of the logical buckets (uploads, jobs, renditions, failures)."""
+        """The real name of a logical bucket (uploads, jobs, renditions, failures)."""
         return f"{self.bucket_prefix}{name}"
 
 

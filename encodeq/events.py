@@ -8,6 +8,7 @@ transient: they show what is happening; the manifest in storage is the truth.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from encodeq.manifest import now_iso
 def publish_event(producer: Producer, routing_key: str, **fields: Any) -> None:
     """Publish one event; never lets a broker hiccup fail the work that emits it."""
     body = {"event": routing_key, "time": now_iso(), **fields}
-    try:
+    with contextlib.suppress(OperationalError, OSError):
         producer.publish(
             body,
             exchange=EVENTS_EXCHANGE,
@@ -34,8 +35,6 @@ def publish_event(producer: Producer, routing_key: str, **fields: Any) -> None:
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2},
         )
-    except (OperationalError, OSError):
-        pass
 
 
 class EventSubscription:

@@ -1,4 +1,4 @@
-"""Emit lifecycle events from inside the worker (and the uploader) through Celery's producer pool."""
+"""Emit lifecycle events from the worker (and the uploader) through Celery's producer pool."""
 
 from __future__ import annotations
 

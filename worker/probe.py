@@ -61,7 +61,7 @@ def safe_input_args() -> list[str]:
 def _rotation(stream: dict[str, Any]) -> int:
     for side in stream.get("side_data_list", []):
         if "rotation" in side:
-            return int(round(float(side["rotation"]))) % 360
+            return round(float(side["rotation"])) % 360
     return int(stream.get("tags", {}).get("rotate", 0)) % 360
 
 
@@ -74,7 +74,7 @@ def _rate(text: str | None) -> float:
 
 
 def _even(value: float) -> int:
-    return max(2, int(round(value / 2.0)) * 2)
+    return max(2, round(value / 2.0) * 2)
 
 
 def probe(path: Path, settings: Settings) -> ProbeResult:
