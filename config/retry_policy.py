@@ -14,6 +14,8 @@ import urllib3.exceptions
 from kombu.exceptions import OperationalError
 from minio.error import ServerError
 
+from config.settings import get_settings
+
 #: Errors that say "try again later": storage or broker unreachable, timeouts talking to them.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
@@ -24,11 +26,16 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ServerError,  # a 5xx from S3 that is not an S3 error document (proxy, restart)
 )
 
-#: Celery task options that implement the policy; every task that retries uses exactly these.
-RETRY_OPTIONS: dict[str, object] = {
-    "autoretry_for": TRANSIENT_ERRORS,
-    "max_retries": 4,
-    "retry_backoff": 2,  # seconds, doubled each retry: 2, 4, 8, 16 before jitter
-    "retry_backoff_max": 60,
-    "retry_jitter": True,  # full jitter: a random countdown up to the backoff
-}
+
+def retry_options() -> dict[str, object]:
+    """Celery task options that implement the policy; every task uses exactly these."""
+    settings = get_settings()
+    return {
+        "autoretry_for": TRANSIENT_ERRORS,
+        "max_retries": settings.max_retries,
+        # seconds, doubled each retry (2, 4, 8, 16 by default), capped
+        "retry_backoff": settings.retry_backoff_s,
+        "retry_backoff_max": settings.retry_backoff_max_s,
+        # full jitter: a random countdown between 0 and the backoff
+        "retry_jitter": True,
+    }

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     #: Where workers keep local copies of sources and outputs while they work.
     work_dir: str = ""
 
+    # --- retry policy (config/retry_policy.py) ---------------------------------------------
+    max_retries: int = 4
+    #: First backoff step in seconds; doubled each retry, capped, then fully jittered.
+    retry_backoff_s: int = 2
+    retry_backoff_max_s: int = 60
+
     # --- events ------------------------------------------------------------------------------
     #: At most one progress event per rendition this often.
     progress_interval_s: float = 0.5

@@ -22,7 +22,7 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 try:
     from dlq_inspector.cli import app as dlq_app
@@ -86,8 +86,13 @@ def upload(
     """Upload videos and start their jobs; prints job ids. With --wait: exit 0 when every job
     completed, 1 when any failed (or the timeout passed)."""
     from uploader.follow import follow
-    from uploader.submit import SubmitError, submit
+    from uploader.submit import SubmitError, check_file, submit
 
+    for path in paths:  # refuse before anything is uploaded
+        try:
+            check_file(path)
+        except SubmitError as exc:
+            fail(str(exc))
     storage = Storage()
     jobs = JobStore(storage)
     submitted: list[Manifest] = []

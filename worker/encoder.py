@@ -23,6 +23,7 @@ from worker.probe import SAFE_INPUT_OPTIONS, ProbeResult
 
 PLAYLIST_NAME = "index.m3u8"
 SEGMENT_PATTERN = "seg_%05d.ts"
+FFMPEG_TIMEOUT_MARGIN_S = 10
 GLOBAL_ARGS = ["-hide_banner", "-nostdin", "-y", "-loglevel", "warning", "-nostats"]
 
 
@@ -99,7 +100,8 @@ def encode(
 
     process.run(
         encode_args(source, probe, plan, out_dir, settings),
-        timeout_s=settings.encode_time_limit_s,
+        # Past Celery's soft time limit, which normally stops the task first; this is the backstop.
+        timeout_s=settings.encode_time_limit_s + FFMPEG_TIMEOUT_MARGIN_S,
         on_progress=progress,
         watch_dir=out_dir,
         max_output_bytes=settings.max_output_bytes,

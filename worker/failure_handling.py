@@ -121,7 +121,7 @@ class RecordingRequest(Request):
         code = error_code(exc)
         if requeued and last_delivery:
             code = "delivery_limit"
-        message = str(exc) or type(exc).__name__
+        message = exc.message if isinstance(exc, PermanentError) else str(exc) or type(exc).__name__
         _save(
             FailureRecord(
                 task_id=self.id,

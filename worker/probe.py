@@ -86,7 +86,8 @@ def probe(path: Path, settings: Settings) -> ProbeResult:
     try:
         info = json.loads(process.run(argv, timeout_s=settings.probe_timeout_s))
     except process.ProcessFailed as exc:
-        raise InputError("not_a_video", f"ffprobe could not read the file ({exc})") from None
+        reason = str(exc).replace(f"{path}: ", "")  # our temp path says nothing to the user
+        raise InputError("not_a_video", f"ffprobe could not read the file ({reason})") from None
     except json.JSONDecodeError:
         raise InputError("not_a_video", "ffprobe returned no description") from None
     return check(info, settings)

@@ -17,7 +17,7 @@ from pathlib import Path
 from celery import Task
 
 from config.ladder import RenditionPlan, choose_renditions
-from config.retry_policy import RETRY_OPTIONS
+from config.retry_policy import retry_options
 from config.settings import get_settings
 from encodeq.errors import EncodeError, PermanentError
 from encodeq.manifest import JobStore, Manifest, Rendition, SourceInfo
@@ -87,7 +87,7 @@ def _probe_result(source: SourceInfo) -> ProbeResult:
     )
 
 
-@app.task(name="encodeq.probe", bind=True, **RETRY_OPTIONS)
+@app.task(name="encodeq.probe", bind=True, **retry_options())
 def probe(self: Task, job_id: str) -> None:
     """ffprobe the upload under limits, pick the rungs (never upscale), fan out one encode each."""
     storage = Storage()
@@ -131,7 +131,7 @@ def probe(self: Task, job_id: str) -> None:
     )
 
 
-@app.task(name="encodeq.encode", bind=True, **RETRY_OPTIONS)
+@app.task(name="encodeq.encode", bind=True, **retry_options())
 def encode(self: Task, job_id: str, rendition: str) -> None:
     """Encode one rung to HLS and upload it under deterministic keys; trigger finalize when last."""
     storage = Storage()
@@ -140,6 +140,11 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
     planned = {r.name: r for r in manifest.renditions}
     if rendition not in planned:
         raise PermanentError("bad_arguments", f"job {job_id} has no rendition {rendition!r}")
+    done = jobs.load_rendition(job_id, rendition)
+    if done is not None and done.state == "completed":
+        # A duplicate delivery (a lost ack, a re-run probe): the output is already there.
+        _maybe_finalize(jobs, job_id, list(planned))
+        return
     record = planned[rendition].model_copy(
         update={"state": "encoding", "worker": self.request.hostname, "task_id": self.request.id,
                 "progress": 0.0}
@@ -199,15 +204,21 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
     jobs.save_rendition(job_id, record)
     emit("rendition.completed", job_id=job_id, rendition=rendition, worker=record.worker,
          playlist=playlist_uri, size_bytes=record.size_bytes)  # fmt: skip
-    # Each encode writes its record before it looks at the others, so whichever finishes last
-    # sees every rung done. Two may both see it and both publish finalize: that is harmless.
-    if all(
-        (jobs.load_rendition(job_id, name) or r).state == "completed" for name, r in planned.items()
-    ):
+    _maybe_finalize(jobs, job_id, list(planned))
+
+
+def _maybe_finalize(jobs: JobStore, job_id: str, names: list[str]) -> None:
+    """Publish finalize when every rung is done.
+
+    Each encode writes its record before it looks at the others, so whichever finishes last sees
+    every rung done. Two may both see it and both publish finalize: that is harmless.
+    """
+    records = [jobs.load_rendition(job_id, name) for name in names]
+    if all(r is not None and r.state == "completed" for r in records):
         finalize.apply_async(args=[job_id])
 
 
-@app.task(name="encodeq.finalize", bind=True, **RETRY_OPTIONS)
+@app.task(name="encodeq.finalize", bind=True, **retry_options())
 def finalize(self: Task, job_id: str) -> None:
     """Master playlist, poster, state completed. Idempotent: a second run finds nothing to do."""
     storage = Storage()

@@ -1,0 +1,231 @@
+"""What the tests need to drive the real system: sample media, worker processes, broker views."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kombu import Connection
+
+from config.settings import Settings
+from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME
+from encodeq.manifest import JobStore, Manifest
+from encodeq.storage import Storage
+
+ENCODEQ = [shutil.which("encodeq") or "encodeq"]
+
+
+def settings() -> Settings:
+    return Settings()
+
+
+def storage() -> Storage:
+    return Storage(settings())
+
+
+def jobs() -> JobStore:
+    return JobStore(storage())
+
+
+def broker() -> Connection:
+    return Connection(settings().broker_url)
+
+
+# --- waiting on conditions (never a bare sleep) ----------------------------------------------------
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def wait_for_job(job_id: str, timeout: float = 120) -> Manifest:
+    store = jobs()
+
+    def finished() -> Manifest | None:
+        manifest = store.load(job_id)
+        return manifest if manifest is not None and manifest.finished else None
+
+    return wait_for(finished, timeout, f"job {job_id} to finish")
+
+
+# --- sample media --------------------------------------------------------------------------------
+def make_video(
+    path: Path,
+    width: int = 640,
+    height: int = 360,
+    duration: float = 3.0,
+    audio: bool = True,
+    rotate: int | None = None,
+    fps: int = 25,
+) -> Path:
+    """A real H.264(/AAC) MP4 from ffmpeg's test sources; ``rotate`` adds display-matrix metadata."""
+    if path.exists():
+        return path
+    raw = path.with_suffix(".raw.mp4") if rotate is not None else path
+    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+            "-i", f"testsrc2=s={width}x{height}:r={fps}:d={duration}"]  # fmt: skip
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=f=440:d={duration}", "-c:a", "aac", "-shortest"]
+    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(raw)]
+    subprocess.run(args, check=True, timeout=120)
+    if rotate is not None:
+        subprocess.run(
+            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(raw), "-c", "copy",
+             "-metadata:s:v:0", f"rotate={rotate}", str(path)],
+            check=True, timeout=60,
+        )  # fmt: skip
+        raw.unlink()
+    return path
+
+
+def ffprobe(path_or_url: str) -> dict[str, Any]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", path_or_url],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+def encodeq(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*ENCODEQ, *args], capture_output=True, text=True, timeout=timeout, check=check
+    )
+
+
+# --- worker processes ----------------------------------------------------------------------------
+def queue_state(name: str) -> tuple[int, int]:
+    """(ready messages, consumers) of a queue, by a passive declare."""
+    with broker() as conn:
+        ch = conn.channel()
+        try:
+            _, messages, consumers = ch.queue_declare(name, passive=True)
+        finally:
+            ch.close()
+    return messages, consumers
+
+
+def consumers(name: str = ENCODE_QUEUE_NAME) -> int:
+    try:
+        return queue_state(name)[1]
+    except Exception:
+        return 0
+
+
+class Worker:
+    def __init__(self, name: str, proc: subprocess.Popen, log: Path) -> None:
+        self.name, self.proc, self.log = name, proc, log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def pool_children(self) -> list[int]:
+        """Pids of the prefork pool processes (children of the worker's main process)."""
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True,
+                             text=True)  # fmt: skip
+        return [int(p) for p in out.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: main process, pool and any ffmpeg (its process group)."""
+        os.killpg(self.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """Warm shutdown (SIGTERM): finish the task in hand, then exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class WorkerFleet:
+    def __init__(self) -> None:
+        self.workers: list[Worker] = []
+
+    def start(self, name: str, concurrency: int = 1, env: dict[str, str] | None = None) -> Worker:
+        """``encodeq worker`` as compose runs it; returns once it consumes from the work queues."""
+        before = consumers()
+        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"encodeq-worker-{name}-{os.getpid()}.log"
+        proc = subprocess.Popen(
+            [*ENCODEQ, "worker", "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
+             "--loglevel", "INFO"],
+            stdout=log.open("w"), stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )  # fmt: skip
+        worker = Worker(name, proc, log)
+        self.workers.append(worker)
+        wait_for(
+            lambda: consumers() > before or proc.poll() is not None, 60, f"worker {name} to start"
+        )
+        if proc.poll() is not None:
+            raise AssertionError(f"worker {name} exited:\n{worker.output()[-3000:]}")
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.proc.poll() is None:
+                worker.terminate(timeout=30)
+
+
+# --- the dead-letter queue -----------------------------------------------------------------------
+def dlq_messages() -> list[Any]:
+    """Every message in the DLQ, looked at without consuming: held unacked, then the channel is
+    closed so they return in order (classic queue: no delivery is counted against them)."""
+    with broker() as conn:
+        ch = conn.channel()
+        found = []
+        while True:
+            message = ch.basic_get(DEAD_LETTER_QUEUE_NAME, no_ack=False)
+            if message is None:
+                break
+            found.append(message)
+        ch.close()
+    return found
+
+
+def dlq_for(task_ids: set[str] | None = None, job_id: str | None = None) -> list[Any]:
+    """DLQ messages of some tasks or of one job (the body's first argument)."""
+    found = []
+    for message in dlq_messages():
+        headers = message.headers or {}
+        if task_ids is not None and headers.get("id") in task_ids:
+            found.append(message)
+        elif job_id is not None:
+            try:
+                args = json.loads(message.body)[0]
+            except (ValueError, TypeError, KeyError, IndexError):
+                continue
+            if args and args[0] == job_id:
+                found.append(message)
+    return found
+
+
+def death_reason(message: Any) -> str:
+    return message.headers["x-death"][0]["reason"]
+
+
+__all__ = [
+    "CONTROL_QUEUE_NAME",
+    "DEAD_LETTER_QUEUE_NAME",
+    "ENCODE_QUEUE_NAME",
+]
