@@ -6,6 +6,9 @@ Written by the worker whenever a task fails for good (or its worker is lost), to
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from encodeq.manifest import now_iso
@@ -36,6 +39,15 @@ class FailureRecord(BaseModel):
 
 def tail(text: str, lines: int = TRACEBACK_TAIL_LINES) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def message_key(headers: dict[str, Any] | None, body: bytes | str | None) -> str:
+    """Who a message is: its Celery task id, or a digest of its body when it has none."""
+    task_id = (headers or {}).get("id")
+    if isinstance(task_id, str) and task_id:
+        return task_id
+    raw = body.encode() if isinstance(body, str) else (body or b"")
+    return "body-" + hashlib.sha256(raw).hexdigest()[:32]
 
 
 def save_failure(storage: Storage, record: FailureRecord) -> str:

@@ -13,7 +13,6 @@ is rejected without requeue and RabbitMQ dead-letters it. This module adds what 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from typing import Any
@@ -29,7 +28,7 @@ from config.retry_policy import TRANSIENT_ERRORS
 from config.settings import get_settings
 from config.topology import declare_topology
 from encodeq.errors import PermanentError
-from encodeq.failures import FailureRecord, save_failure, tail
+from encodeq.failures import FailureRecord, message_key, save_failure, tail
 from encodeq.manifest import ErrorInfo, JobStore
 from encodeq.storage import Storage
 
@@ -51,15 +50,6 @@ def error_code(exc: BaseException) -> str:
     if isinstance(exc, TypeError):
         return "bad_arguments"
     return "internal_error"
-
-
-def message_key(headers: dict[str, Any] | None, body: bytes | str | None) -> str:
-    """Who a message is: its Celery task id, or a digest of its body when it has none."""
-    task_id = (headers or {}).get("id")
-    if isinstance(task_id, str) and task_id:
-        return task_id
-    raw = body.encode() if isinstance(body, str) else (body or b"")
-    return "body-" + hashlib.sha256(raw).hexdigest()[:32]
 
 
 def _deliveries(message: Any) -> int:
