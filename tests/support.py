@@ -38,7 +38,7 @@ def broker() -> Connection:
     return Connection(settings().broker_url)
 
 
-# --- waiting on conditions (never a bare sleep) ----------------------------------------------------
+# --- waiting on conditions (never a bare sleep) ---------------------------------------------
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -70,7 +70,7 @@ def make_video(
     rotate: int | None = None,
     fps: int = 25,
 ) -> Path:
-    """A real H.264(/AAC) MP4 from ffmpeg's test sources; ``rotate`` adds display-matrix metadata."""
+    """A real H.264(/AAC) MP4 from ffmpeg test sources; ``rotate`` adds a display matrix."""
     if path.exists():
         return path
     raw = path.with_suffix(".raw.mp4") if rotate is not None else path

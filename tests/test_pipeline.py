@@ -1,4 +1,4 @@
-"""Upload to completed HLS, end to end: real RabbitMQ, a real S3 server, real ffmpeg, real workers."""
+"""Upload to completed HLS end to end: real RabbitMQ, real S3 server, real ffmpeg, real workers."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def object_text(uri: str) -> str:
 
 def download_rendition(playlist_uri: str, into: Path) -> Path:
     """Copy a rendition (playlist and segments) out of storage; returns the local playlist."""
-    bucket, key = parse_uri(playlist_uri)
+    _, key = parse_uri(playlist_uri)
     folder = key.rsplit("/", 1)[0]
     s = storage()
     for name in s.list_keys(RENDITIONS, folder + "/"):
@@ -92,7 +92,7 @@ def test_landscape_source_gets_every_rung_up_to_its_size(
     master = check_master(manifest)
     assert "mp4a.40.2" in master  # avc1.* is checked for every master above
     # the poster is a real JPEG
-    bucket, key = parse_uri(manifest["poster"])
+    _, key = parse_uri(manifest["poster"])
     assert storage().get_bytes(RENDITIONS, key)[:2] == b"\xff\xd8"
 
 
