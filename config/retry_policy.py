@@ -37,5 +37,5 @@ def retry_options() -> dict[str, object]:
         "retry_backoff": settings.retry_backoff_s,
         "retry_backoff_max": settings.retry_backoff_max_s,
         # full jitter: a random countdown between 0 and the backoff
-        "retry_jitter": True,
+        "retry_jitter": settings.retry_jitter,
     }

@@ -52,10 +52,17 @@ class Settings(BaseSettings):
     #: First backoff step in seconds; doubled each retry, capped, then fully jittered.
     retry_backoff_s: int = 2
     retry_backoff_max_s: int = 60
+    #: Full jitter (a random countdown up to the backoff) spreads retries of many tasks apart.
+    retry_jitter: bool = True
 
     # --- events ------------------------------------------------------------------------------
     #: At most one progress event per rendition this often.
     progress_interval_s: float = 0.5
+
+    # --- DLQ inspector (dlq_inspector/) -------------------------------------------------------
+    #: Replays a message may have before ``encodeq dlq replay`` parks it instead (``--force``
+    #: overrides): a message that keeps dying is not bounced back for ever.
+    dlq_max_replays: int = 5
 
     def bucket(self, name: str) -> str:
         """The real name of a logical bucket (uploads, jobs, renditions, failures)."""

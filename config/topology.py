@@ -24,6 +24,8 @@ EVENTS_EXCHANGE = Exchange("encodeq.events", type="topic", durable=True)
 CONTROL_QUEUE_NAME = "encodeq.control"
 ENCODE_QUEUE_NAME = "encodeq.encode"
 DEAD_LETTER_QUEUE_NAME = "encodeq.dlq"
+#: Where the DLQ inspector parks messages replayed too often (classic, durable, no consumers).
+PARKED_QUEUE_NAME = "encodeq.dlq.parked"
 
 #: Celery task name -> (queue name, routing key). The one routing table.
 TASK_ROUTES: dict[str, tuple[str, str]] = {
@@ -76,5 +78,17 @@ def declare_topology(connection: Connection) -> None:
     for exchange in (DEAD_LETTER_EXCHANGE, WORK_EXCHANGE, EVENTS_EXCHANGE):
         exchange.bind(channel).declare()
     dead_letter_queue().bind(channel).declare()
+    parked_queue().bind(channel).declare()
     for queue in work_queues():
         queue.bind(channel).declare()
+
+
+def parked_queue() -> Queue:
+    """Messages the inspector will not replay again without ``--force``: bound to no exchange,
+    reached through the default exchange by name, so nothing routes there by accident."""
+    return Queue(
+        PARKED_QUEUE_NAME,
+        exchange=None,
+        durable=True,
+        queue_arguments={"x-queue-type": "classic"},
+    )

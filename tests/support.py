@@ -229,3 +229,31 @@ __all__ = [
     "DEAD_LETTER_QUEUE_NAME",
     "ENCODE_QUEUE_NAME",
 ]
+
+
+# --- any worker command line (compose's, say) ----------------------------------------------------
+def start_worker_command(
+    fleet: WorkerFleet, name: str, argv: list[str], env: dict[str, str] | None = None
+) -> Worker:
+    """Run ``argv`` (an ``encodeq worker ...`` command line exactly as given, e.g. the one
+    docker-compose.yml runs) in the fleet; returns once it consumes from both work queues.
+
+    ``argv[0]`` is looked up on PATH like a shell would; nothing is added to the command."""
+    before = {queue: consumers(queue) for queue in (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME)}
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"encodeq-worker-{name}-{os.getpid()}.log"
+    program = ENCODEQ[0] if argv[0] == "encodeq" else (shutil.which(argv[0]) or argv[0])
+    proc = subprocess.Popen(
+        [program, *argv[1:]],
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})}, start_new_session=True,
+    )  # fmt: skip
+    worker = Worker(name, proc, log)
+    fleet.workers.append(worker)
+
+    def consuming() -> bool:
+        return proc.poll() is not None or all(consumers(q) > n for q, n in before.items())
+
+    wait_for(consuming, 60, f"worker {name} to consume from the work queues")
+    if proc.poll() is not None:
+        raise AssertionError(f"worker {name} exited:\n{worker.output()[-3000:]}")
+    return worker
