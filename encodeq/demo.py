@@ -50,7 +50,7 @@ BROKEN_SEED, BROKEN_BYTES = 20240601, 256 * 1024
 
 WORKER_START_TIMEOUT_S = 90.0
 FOLLOW_TIMEOUT_S = 600.0
-#: The job is marked failed just before its message is rejected; the dead letter follows shortly.
+#: How long the dead letter of a failed job may lag behind its manifest.
 DLQ_WAIT_S = 20.0
 #: Warm shutdown lets a worker finish the task in hand; after this it is killed (process group).
 WORKER_STOP_TIMEOUT_S = 20.0
@@ -181,11 +181,13 @@ def _run(workers: int, folder: Path, keep: bool, stack: ExitStack, console: Cons
 
     _step(console, 6, "results")
     with console.status("reading the dead-letter queue"):
-        dead, others = _wait_for_dead_letters(broker, storage, ids, broken_id)
+        # Only a failed job has a dead letter on its way; otherwise one look is enough.
+        wait_s = DLQ_WAIT_S if manifests[broken_id].state == "failed" else 0.0
+        dead, others = _wait_for_dead_letters(broker, storage, ids, broken_id, wait_s)
     for m in manifests.values():
         _show_job(m, storage, console)
-    if keep and manifests[good_id].state == "completed":
-        _download(storage, good_id, folder, console)
+        if keep and m.master_playlist:
+            _download(storage, m.job_id, folder, console)
     _show_dead_letters(dead, others, manifests, console)
     _show_workers(manifests[good_id], console)
     if embedded:
@@ -219,15 +221,15 @@ def _step(console: Console, number: int, title: str) -> None:
 def _demo_folder(
     keep: bool, stack: ExitStack, succeeded: Callable[[], bool], console: Console
 ) -> Path:
-    """./encodeq-demo with --keep, else a temp folder removed at the end (kept if the run failed,
-    so the worker logs can be read)."""
+    """./encodeq-demo with --keep, else a temp folder removed at the end (kept when a run with
+    workers failed, so their logs can be read)."""
     if keep:
         DEMO_DIR.mkdir(exist_ok=True)
         return DEMO_DIR.resolve()
     folder = Path(tempfile.mkdtemp(prefix="encodeq-demo-"))
 
     def cleanup() -> None:
-        if succeeded():
+        if succeeded() or not any(folder.glob("worker-*.log")):
             shutil.rmtree(folder, ignore_errors=True)
         else:
             console.print(f"[dim]demo files and worker logs kept in {folder}", highlight=False)
@@ -248,8 +250,8 @@ def _ensure_storage(stack: ExitStack, console: Console) -> bool:
         return False
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request log
     server = EmbeddedS3()
-    stack.callback(server.stop)
     new_endpoint = server.start()
+    stack.callback(server.stop)
     os.environ["ENCODEQ_S3_ENDPOINT"] = new_endpoint
     get_settings.cache_clear()
     console.print(
@@ -397,9 +399,10 @@ def _dead_letters(
 
 
 def _wait_for_dead_letters(
-    broker: Connection, storage: Storage, job_ids: list[str], expected_job: str
+    broker: Connection, storage: Storage, job_ids: list[str], expected_job: str, wait_s: float
 ) -> tuple[list[DeadLetter], int]:
-    deadline = time.monotonic() + DLQ_WAIT_S
+    """The job is marked failed just before its message is rejected: give the dead letter time."""
+    deadline = time.monotonic() + wait_s
     while True:
         dead, others = _dead_letters(broker, storage, job_ids)
         if any(d.job_id == expected_job for d in dead) or time.monotonic() > deadline:
@@ -496,7 +499,7 @@ def _sigterm_as_interrupt() -> Any:
         raise KeyboardInterrupt
 
     try:
-        return signal.signal(signal.SIGTERM, interrupt)
+        return signal.signal(signal.SIGTERM, interrupt) or signal.SIG_DFL
     except ValueError:
         return None
 

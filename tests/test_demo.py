@@ -12,6 +12,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 from support import ENCODEQ, dlq_for
 
 from config.settings import Settings
@@ -33,12 +34,17 @@ def test_demo_runs_on_a_machine_without_s3_and_cleans_up(tmp_path: Path) -> None
     assert not answers(closed)
     env = {**os.environ, "ENCODEQ_S3_ENDPOINT": closed, "COLUMNS": "200"}
     env.pop("FORCE_COLOR", None)  # plain text, so the output can be matched
-    result = subprocess.run(
-        [*ENCODEQ, "demo"], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=DEMO_TIMEOUT_S,
+    demo = subprocess.Popen(
+        [*ENCODEQ, "demo"], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    out = result.stdout
-    assert result.returncode == 0, f"{out[-5000:]}\n{result.stderr[-3000:]}"
+    try:
+        out, err = demo.communicate(timeout=DEMO_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        demo.terminate()  # SIGTERM: the demo still stops its workers and its S3 server
+        out, err = demo.communicate(timeout=60)
+        pytest.fail(f"the demo took over {DEMO_TIMEOUT_S}s:\n{out[-5000:]}\n{err[-3000:]}")
+    assert demo.returncode == 0, f"{out[-5000:]}\n{err[-3000:]}"
 
     assert f"nothing answers at {closed}: started an embedded S3 server" in out
     bucket = re.escape(Settings().bucket(RENDITIONS))
