@@ -7,6 +7,7 @@ same ``minio`` SDK code that talks to MinIO.
 
 from __future__ import annotations
 
+import logging
 import socket
 import urllib.error
 import urllib.request
@@ -41,6 +42,7 @@ class EmbeddedS3:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
 
     def start(self) -> str:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request
         self._server.start()
         return self.endpoint
 

@@ -8,7 +8,6 @@ standing in for MinIO on machines without it), real ffmpeg.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import uuid
@@ -34,7 +33,6 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     _rabbitmqctl("add_vhost", VHOST)
     _rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
     _s3 = EmbeddedS3()
     endpoint = _s3.start()
     os.environ.update(

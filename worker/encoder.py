@@ -41,15 +41,11 @@ class EncodedRendition:
     codecs: str
 
 
-def encode_args(
-    source: Path, probe: ProbeResult, plan: RenditionPlan, out_dir: Path, settings: Settings
-) -> list[str]:
-    """The ffmpeg argv for one rung (a list: nothing here is ever given to a shell)."""
+def output_options(
+    probe: ProbeResult, plan: RenditionPlan, out_dir: Path, settings: Settings
+) -> dict[str, object]:
+    """The encoder settings of one rung's HLS output: the one place they are written down."""
     seg = settings.segment_seconds
-    stream = ffmpeg.input(str(source), **SAFE_INPUT_OPTIONS)
-    # ffmpeg applies the rotation (autorotate) before the filter graph, so scale to display size.
-    video = stream["v:0"].filter("scale", plan.width, plan.height).filter("setsar", 1)
-    outputs = [video] + ([stream["a:0"]] if probe.has_audio else [])
     options: dict[str, object] = {
         "c:v": "libx264",
         "preset": settings.x264_preset,
@@ -70,9 +66,28 @@ def encode_args(
     }
     if probe.has_audio:
         options.update({"c:a": "aac", "b:a": f"{settings.audio_bitrate_k}k", "ac": 2, "ar": 48000})
-    command = ffmpeg.output(*outputs, str(out_dir / PLAYLIST_NAME), **options)
+    return options
+
+
+def scaled(video: ffmpeg.nodes.FilterableStream, plan: RenditionPlan) -> ffmpeg.nodes.Stream:
+    # ffmpeg applies the rotation (autorotate) before the filter graph, so scale to display size.
+    return video.filter("scale", plan.width, plan.height).filter("setsar", 1)
+
+
+def with_progress(command: ffmpeg.nodes.OutputStream) -> list[str]:
+    """The compiled argv with our global options and ``-progress pipe:1`` in front."""
     compiled = command.compile()
     return [compiled[0], *GLOBAL_ARGS, "-progress", "pipe:1", *compiled[1:]]
+
+
+def encode_args(
+    source: Path, probe: ProbeResult, plan: RenditionPlan, out_dir: Path, settings: Settings
+) -> list[str]:
+    """The ffmpeg argv for one rung (a list: nothing here is ever given to a shell)."""
+    stream = ffmpeg.input(str(source), **SAFE_INPUT_OPTIONS)
+    outputs = [scaled(stream["v:0"], plan)] + ([stream["a:0"]] if probe.has_audio else [])
+    options = output_options(probe, plan, out_dir, settings)
+    return with_progress(ffmpeg.output(*outputs, str(out_dir / PLAYLIST_NAME), **options))
 
 
 def encode(
