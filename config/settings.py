@@ -33,8 +33,10 @@ class Settings(BaseSettings):
     max_pixels: int = 4096 * 2304
     max_streams: int = 16
     probe_timeout_s: float = 30.0
-    #: Soft time limit of one encode (and the ffmpeg wall clock); the hard limit sits above it.
-    encode_time_limit_s: int = 1800
+    #: Soft time limit of one task (ffmpeg's wall clock sits just above it, Celery's hard limit
+    #: above that). Keep RabbitMQ's consumer_timeout (30 min by default) above the hard limit, or
+    #: the broker closes the channel of a long late-acked encode: compose raises it to 2 h.
+    encode_time_limit_s: int = 1700
     #: An encode that writes more than this many bytes is killed (runaway output).
     max_output_bytes: int = 8 * 1024**3
 

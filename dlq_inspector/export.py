@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import contextlib
 import json
 import os
 import time
@@ -165,10 +166,8 @@ def publish_into(conn: Any, queue: str, messages: Iterable[DeadLetter]) -> tuple
         while pending:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{len(pending)} imported messages were never confirmed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=1.0)
-            except TimeoutError:
-                pass
     finally:
         channel.close()
     if nacked:

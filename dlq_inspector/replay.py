@@ -21,7 +21,7 @@ from typing import Any
 from config.topology import PARKED_QUEUE_NAME
 from dlq_inspector.broker import exchange_exists, queue_size
 from dlq_inspector.filters import Selection
-from dlq_inspector.message import Death, DeadLetter
+from dlq_inspector.message import DeadLetter, Death
 from dlq_inspector.stream import Decision, Keep, Publish
 from encodeq.failures import FailureRecord
 

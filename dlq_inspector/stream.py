@@ -22,9 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import amqp
-
 from dlq_inspector.broker import queue_size
+from dlq_inspector.framing import PublishBuffer
 from dlq_inspector.message import DeadLetter
 
 #: Unconfirmed publishes in flight before we wait for the broker to catch up.
@@ -72,6 +71,8 @@ class Outcome:
     #: (id, why) of every selected message that stayed because something went wrong.
     failed: list[tuple[str, str]] = field(default_factory=list)
     interrupted: bool = False
+    #: Wall time of the pass, from the first look at the queue to the last ack.
+    seconds: float = 0.0
 
     @property
     def total(self) -> int:
@@ -114,6 +115,7 @@ class Mover:
         #: The first delivery that stays in the queue: no multiple-ack may reach it.
         self._first_kept: int | None = None
         self._consumer: Any = None
+        self._frames: PublishBuffer | None = None
         self._publisher: Any = None
 
     # --- broker callbacks (run inside drain_events) ----------------------------------------
@@ -152,6 +154,13 @@ class Mover:
 
     # --- the pass --------------------------------------------------------------------------
     def run(self) -> Outcome:
+        began = time.perf_counter()
+        try:
+            return self._run()
+        finally:
+            self.outcome.seconds = time.perf_counter() - began
+
+    def _run(self) -> Outcome:
         self.expected = queue_size(self.conn, self.queue) or 0
         if not self.expected:
             return self.outcome
@@ -160,6 +169,7 @@ class Mover:
         self._publisher.events["basic_ack"].add(self._on_confirm)
         self._publisher.events["basic_nack"].add(self._on_nack)
         self._publisher.events["basic_return"].add(self._on_return)
+        self._frames = PublishBuffer(self.conn, self._publisher.channel_id)
         self._consumer = self.conn.channel()
         self._consumer.basic_qos(0, 0, False)
         self._consumer.basic_consume(self.queue, no_ack=False, callback=self._on_delivery)
@@ -190,6 +200,8 @@ class Mover:
         return self.outcome
 
     def _drain(self, timeout: float) -> bool:
+        if self._frames is not None:
+            self._frames.flush()  # never wait on the broker for something still in our buffer
         try:
             self.conn.drain_events(timeout=timeout)
         except TimeoutError:
@@ -219,11 +231,9 @@ class Mover:
             self._throttle(started)
             self._seq += 1
             self._pending[self._seq] = (tag, dead.id, decision.label)
-            self._publisher.basic_publish(
-                amqp.Message(decision.body, **decision.properties),
-                exchange=decision.exchange,
-                routing_key=decision.routing_key,
-                mandatory=True,
+            assert self._frames is not None
+            self._frames.publish(
+                decision.body, decision.properties, decision.exchange, decision.routing_key
             )
             self._published += 1
 
