@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from support import encodeq, ffprobe, make_video, storage
@@ -76,12 +77,16 @@ def check_master(manifest: dict) -> str:
 def test_landscape_source_gets_every_rung_up_to_its_size(
     fleet, media_dir: Path, tmp_path: Path
 ) -> None:
-    source = make_video(media_dir / "landscape clip; $(rm -rf).mp4", 640, 360, duration=3)
+    source = make_video(media_dir / "vidéo 日本 clip; $(rm -rf).mp4", 640, 360, duration=3)
     [manifest] = upload_and_wait(source)
     assert manifest["state"] == "completed", manifest["error"]
     assert manifest["error"] is None
     assert manifest["source"]["filename"] == source.name
     assert "rm -rf" not in manifest["source"]["uri"]  # the key is ours, not the user's name
+    _, source_key = parse_uri(manifest["source"]["uri"])
+    assert source_key == f"{manifest['job_id']}/source.mp4"
+    stat = storage().client.stat_object(storage().bucket("uploads"), source_key)
+    assert unquote(stat.metadata["x-amz-meta-original-filename"]) == source.name
     assert (manifest["source"]["width"], manifest["source"]["height"]) == (640, 360)
     assert manifest["source"]["duration"] == pytest.approx(3.0, abs=0.1)
     got = [(r["name"], r["width"], r["height"]) for r in manifest["renditions"]]
