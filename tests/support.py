@@ -257,3 +257,191 @@ def start_worker_command(
     if proc.poll() is not None:
         raise AssertionError(f"worker {name} exited:\n{worker.output()[-3000:]}")
     return worker
+
+
+# --- the DLQ inspector (tests/test_dlq_*.py) -----------------------------------------------------
+#: This checkout: subprocesses import its code even when the editable install points elsewhere.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def repo_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
+
+
+def dlq(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Any:
+    """``encodeq dlq ...`` as a user runs it, stdin not a terminal."""
+    return subprocess.run(
+        [*ENCODEQ, "dlq", *args], capture_output=True, text=True, timeout=timeout,
+        env=repo_env(env), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def dlq_json(*args: str, env: dict[str, str] | None = None) -> Any:
+    result = dlq(*args, "--json", env=env)
+    assert result.returncode == 0, f"dlq {args}: {result.returncode}\n{result.stderr[-3000:]}"
+    return json.loads(result.stdout)
+
+
+def origin_queue(name: str) -> str:
+    """A classic queue dead-lettering into encodeq.dlx: a cheap place for messages to die in."""
+    from config.topology import declare_topology
+
+    with broker() as conn:
+        declare_topology(conn)  # the DLX first: a missing one drops dead letters silently
+        ch = conn.channel()
+        ch.queue_declare(name, durable=True, auto_delete=False,
+                         arguments={"x-dead-letter-exchange": "encodeq.dlx"})  # fmt: skip
+        ch.close()
+    return name
+
+
+def celery_message(task: str, job: str | None = None, **headers: Any) -> tuple[bytes, dict]:
+    """A Celery protocol 2 message (body, properties) with its own task id."""
+    import uuid
+
+    task_id = str(uuid.uuid4())
+    job = job or uuid.uuid4().hex
+    body = json.dumps([[job], {}, {"callbacks": None, "errbacks": None, "chain": None}]).encode()
+    props = {
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "delivery_mode": 2,
+        "correlation_id": task_id,
+        "application_headers": {"lang": "py", "task": task, "id": task_id, "retries": 0,
+                                "argsrepr": f"('{job}',)", **headers},
+    }  # fmt: skip
+    return body, props
+
+
+def kill_into_dlq(queue: str, messages: list[tuple[bytes, dict]]) -> None:
+    """Publish to ``queue`` and reject each without requeue: real dead letters, reason rejected."""
+    import amqp
+
+    with broker() as conn:
+        raw = conn.connection
+        ch = raw.channel()
+        for body, props in messages:
+            ch.basic_publish(amqp.Message(body, **props), exchange="", routing_key=queue)
+        rejected = 0
+        while rejected < len(messages):
+            got = ch.basic_get(queue, no_ack=False)
+            if got is None:
+                continue
+            ch.basic_reject(got.delivery_tag, requeue=False)
+            rejected += 1
+        ch.close()
+
+
+def queue_messages(name: str, consume: bool = False) -> list[Any]:
+    """Every message of a queue; left in place (held, then returned) unless ``consume``."""
+    with broker() as conn:
+        ch = conn.channel()
+        ch.auto_decode = False  # bodies as the bytes that arrived
+        found = []
+        while (message := ch.basic_get(name, no_ack=False)) is not None:
+            found.append(message)
+        if consume and found:
+            ch.basic_ack(found[-1].delivery_tag, multiple=True)
+        ch.close()
+    return found
+
+
+def dlq_of_task(task: str) -> list[Any]:
+    return [m for m in dlq_messages() if (m.headers or {}).get("task") == task]
+
+
+# --- the HTTP service (tests/test_http_api.py, tests/test_dashboard_browser.py) -----------------
+class Server:
+    """An ``encodeq serve`` subprocess and where it answers."""
+
+    def __init__(self, proc: subprocess.Popen, base: str, log: Path) -> None:
+        self.proc, self.base, self.log = proc, base, log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        return self.proc.returncode
+
+
+def http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one request; HTTP errors are answers, not exceptions."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def http_json(method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+    status, _, data = http(method, url, **kwargs)
+    return status, json.loads(data) if data else None
+
+
+def multipart(filename: str, data: bytes, field: str = "file") -> tuple[bytes, str]:
+    """A multipart/form-data body with one file part: (body, content type)."""
+    boundary = "encodeq-test-" + os.urandom(8).hex()
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n')  # fmt: skip
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def start_server(
+    argv: list[str] | None = None, env: dict[str, str] | None = None, port: int | None = None
+) -> Server:
+    """``encodeq serve`` (or ``argv`` exactly as given); returns once it answers and follows the
+    events exchange."""
+    from encodeq.s3server import free_port
+
+    port = port or free_port()
+    argv = argv or ["encodeq", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"encodeq-serve-{port}-{os.getpid()}.log"
+    program = ENCODEQ[0] if argv[0] == "encodeq" else argv[0]
+    proc = subprocess.Popen(
+        [program, *argv[1:]], stdout=log.open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})}, start_new_session=True,
+    )  # fmt: skip
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            return True
+        try:
+            status, doc = http_json("GET", f"{server.base}/api/health", timeout=2)
+        except OSError:
+            return False
+        return status == 200 and doc["events"]
+
+    wait_for(ready, 60, f"encodeq serve on port {port}")
+    if proc.poll() is not None:
+        raise AssertionError(f"encodeq serve exited {proc.returncode}:\n{server.output()[-3000:]}")
+    return server
+
+
+def event_queues() -> list[str]:
+    """Names of the private queues subscribed to ``encodeq.events`` in this run's vhost."""
+    vhost = settings().broker_url.rsplit("/", 1)[1]
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return [n for n in out.stdout.split() if n.startswith("encodeq.events.")]

@@ -8,6 +8,7 @@ test run's RabbitMQ vhost and S3 server, and must do their job. When a compose b
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -401,7 +402,13 @@ def test_flower_command_serves_the_dashboard_and_sees_the_worker(
     }
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"encodeq-flower-{os.getpid()}.log"
     program = shutil.which(command[0])
-    assert program, f"{command[0]} is installed with the compose extra"
+    assert program, f"{command[0]} is not installed"
+    if importlib.util.find_spec("flower") is None:
+        # Flower comes with the compose extra (.ci/run installs it); CI must not skip this.
+        message = "Flower is not installed: pip install -e '.[test,compose]'"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     proc = subprocess.Popen(
         [program, *command[1:]], stdout=log.open("w"), stderr=subprocess.STDOUT,
         env={**os.environ, **env_overrides}, start_new_session=True, cwd=ROOT,
