@@ -17,6 +17,7 @@ import ffmpeg
 
 from config.ladder import RenditionPlan
 from config.settings import Settings
+from encodeq.errors import EncodeError
 from worker import process
 from worker.hls import AAC_LC, MediaPlaylistStats, avc1_codec, media_playlist_stats
 from worker.probe import SAFE_INPUT_OPTIONS, ProbeResult
@@ -24,6 +25,8 @@ from worker.probe import SAFE_INPUT_OPTIONS, ProbeResult
 PLAYLIST_NAME = "index.m3u8"
 SEGMENT_PATTERN = "seg_%05d.ts"
 FFMPEG_TIMEOUT_MARGIN_S = 10
+#: How much shorter than its source a rendition may be (rounding, a trailing partial frame).
+TRUNCATION_TOLERANCE = 0.05
 GLOBAL_ARGS = ["-hide_banner", "-nostdin", "-y", "-loglevel", "warning", "-nostats"]
 
 
@@ -121,12 +124,22 @@ def encode(
         watch_dir=out_dir,
         max_output_bytes=settings.max_output_bytes,
     )
-    playlist = out_dir / PLAYLIST_NAME
+    stats = media_playlist_stats(out_dir / PLAYLIST_NAME)
+    check_complete(stats, probe)
     return EncodedRendition(
-        folder=out_dir,
-        stats=media_playlist_stats(playlist),
-        codecs=codecs_of(out_dir, probe.has_audio, settings),
+        folder=out_dir, stats=stats, codecs=codecs_of(out_dir, probe.has_audio, settings)
     )
+
+
+def check_complete(stats: MediaPlaylistStats, probe: ProbeResult) -> None:
+    """ffmpeg exits 0 on a truncated source after encoding what it could read; a rendition much
+    shorter than its source is refused rather than published as if it were whole."""
+    shortest = probe.duration * (1 - TRUNCATION_TOLERANCE) - 1.0
+    if stats.duration < shortest:
+        raise EncodeError(
+            "truncated_source",
+            f"the source says {probe.duration:.1f}s, only {stats.duration:.1f}s could be decoded",
+        )
 
 
 def codecs_of(folder: Path, has_audio: bool, settings: Settings) -> str:

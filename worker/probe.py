@@ -79,6 +79,8 @@ def _even(value: float) -> int:
 
 def probe(path: Path, settings: Settings) -> ProbeResult:
     """Describe ``path`` or raise InputError with the reason it cannot be encoded."""
+    if path.stat().st_size == 0:
+        raise InputError("empty_file", "the upload is empty")
     argv = [
         "ffprobe", "-v", "error", *safe_input_args(),
         "-print_format", "json", "-show_format", "-show_streams", str(path),

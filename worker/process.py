@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -69,10 +68,14 @@ def run(
     )
     deadline.daemon = True
     deadline.start()
+
+    def output_too_large() -> bool:
+        return bool(watch_dir and max_output_bytes and _dir_size(watch_dir) > max_output_bytes)
+
+    too_large = EncodeError("output_too_large", f"output exceeded {max_output_bytes} bytes")
     out: list[str] = []
     try:
         block: dict[str, str] = {}
-        last_size_check = 0.0
         for line in proc.stdout:
             if on_progress is None:
                 out.append(line)
@@ -83,13 +86,11 @@ def run(
                 continue
             on_progress(block)
             block = {}
-            if watch_dir and max_output_bytes and time.monotonic() - last_size_check > 1:
-                last_size_check = time.monotonic()
-                if _dir_size(watch_dir) > max_output_bytes:
-                    stop(
-                        EncodeError("output_too_large", f"output exceeded {max_output_bytes} bytes")
-                    )
+            if output_too_large():  # checked at every progress report (twice a second)
+                stop(too_large)
         proc.wait()
+        if not stopped_for and output_too_large():  # finished between two reports
+            stopped_for.append(too_large)
     finally:
         deadline.cancel()
         if proc.poll() is None:  # interrupted (soft time limit, cancel): leave nothing running
