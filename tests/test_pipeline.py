@@ -178,3 +178,21 @@ def test_upload_of_a_missing_file_is_a_clean_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no such file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_buckets_are_private_and_playback_urls_are_presigned(fleet, media_dir: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    source = make_video(media_dir / "private.mp4", 320, 180, duration=1)
+    [manifest] = upload_and_wait(source)
+    _, key = parse_uri(manifest["master_playlist"])
+    s = storage()
+    anonymous = f"{s.settings.s3_endpoint}/{s.bucket(RENDITIONS)}/{key}"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(anonymous, timeout=10)
+    assert refused.value.code == 403
+    url = s.presigned_url(RENDITIONS, key)
+    assert "X-Amz-Expires=3600" in url and "X-Amz-Signature=" in url
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read().startswith(b"#EXTM3U")
