@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     #: Deliveries a quorum work queue allows before it dead-letters the message (crash loops).
     delivery_limit: int = 4
 
+    #: How long an upload waits for an unreachable broker before it fails loudly.
+    broker_wait_s: float = 30.0
+
     # --- limits on untrusted input -----------------------------------------------------------
     max_upload_bytes: int = 4 * 1024**3
     max_duration_s: float = 4 * 3600.0
@@ -65,6 +68,11 @@ class Settings(BaseSettings):
     #: Replays a message may have before ``encodeq dlq replay`` parks it instead (``--force``
     #: overrides): a message that keeps dying is not bounced back for ever.
     dlq_max_replays: int = 5
+
+    # --- HTTP API (uploader/web/) ---------------------------------------------------------------
+    #: Bearer token the mutating endpoints (upload, replay, purge) require; empty means none is
+    #: required, which ``encodeq serve`` allows only on a loopback address.
+    api_token: str = ""
 
     def bucket(self, name: str) -> str:
         """The real name of a logical bucket (uploads, jobs, renditions, failures)."""

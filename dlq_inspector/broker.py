@@ -74,3 +74,15 @@ def read_ahead(conn: Any) -> None:
         return
     recv = sock.recv
     transport._quick_recv = lambda n: recv(max(n, READ_AHEAD_BYTES))
+
+
+def open_channel(conn: Any) -> Any:
+    """A channel that hands over bodies as the bytes that arrived.
+
+    py-amqp decodes a body to ``str`` when the message has a ``content_encoding`` (its
+    ``auto_decode``); re-encoding that would not give the same bytes back for every encoding, and
+    the inspector promises byte-for-byte copies.
+    """
+    channel = conn.channel()
+    channel.auto_decode = False
+    return channel

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlq_inspector.broker import queue_size
+from dlq_inspector.broker import open_channel, queue_size
 from dlq_inspector.message import DeadLetter
 
 #: Ready messages arrive back to back; this long without one means another consumer took them.
@@ -23,7 +23,7 @@ def peek(conn: Any, queue: str) -> list[DeadLetter]:
     if not expected:
         return []
     found: list[DeadLetter] = []
-    channel = conn.channel()
+    channel = open_channel(conn)
     try:
         channel.basic_qos(0, 0, False)  # no prefetch limit: holding everything is the point
         channel.basic_consume(

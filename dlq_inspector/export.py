@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import calendar
 import contextlib
+import errno
 import json
 import os
 import time
@@ -24,6 +25,7 @@ from typing import IO, Any
 
 import amqp
 
+from dlq_inspector.broker import open_channel
 from dlq_inspector.message import PROPERTY_NAMES, DeadLetter
 
 FORMAT_VERSION = 1
@@ -103,7 +105,11 @@ class ExportWriter:
 
     def sync(self) -> None:
         self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:  # a pipe or /dev/null: nothing to make durable
+            if exc.errno != errno.EINVAL:
+                raise
 
     def close(self) -> None:
         self.sync()
@@ -133,7 +139,7 @@ def read_export(path: Path) -> Iterator[DeadLetter]:
 
 def publish_into(conn: Any, queue: str, messages: Iterable[DeadLetter]) -> tuple[int, int]:
     """Publish each message unchanged into ``queue`` with confirms; (routed, returned)."""
-    channel = conn.channel()
+    channel = open_channel(conn)
     channel.confirm_select()
     pending: set[int] = set()
     nacked: list[int] = []

@@ -87,20 +87,25 @@ class DeadLetter:
     delivery_tag: int | None = None
     #: Set on a copy fetched from the broker: True once it was delivered and returned before.
     redelivered: bool = False
+    #: The properties exactly as they arrived (flags + property list), when the reader kept them.
+    raw_properties: bytes | None = field(default=None, repr=False)
     _decoded: Any = field(default=None, repr=False)
 
     @classmethod
-    def from_amqp(cls, message: Any) -> DeadLetter:
+    def from_amqp(cls, message: Any, raw_properties: bytes | None = None) -> DeadLetter:
         props = dict(message.properties)
         headers = props.pop("application_headers", None) or {}
         info = message.delivery_info or {}
-        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        body = message.body
+        if not isinstance(body, bytes):  # a channel with auto_decode on: undo it
+            body = str(body).encode(props.get("content_encoding") or "utf-8")
         return cls(
             body=body,
             properties={k: props[k] for k in PROPERTY_NAMES if props.get(k) is not None},
             headers=dict(headers),
             delivery_tag=info.get("delivery_tag"),
             redelivered=bool(info.get("redelivered")),
+            raw_properties=raw_properties,
         )
 
     # --- identity ------------------------------------------------------------------------------
@@ -223,6 +228,15 @@ class DeadLetter:
         headers = dict(self.headers)
         headers[REPLAY_COUNT_HEADER] = self.replay_count + 1
         return self.body, {**self.properties, "application_headers": headers}
+
+    def raw_for_replay(self) -> bytes | None:
+        """The raw properties with the replay count added, when it is a first replay (the header
+        is not there yet to be replaced); None otherwise (then ``copy_for_replay`` is used)."""
+        if self.raw_properties is None or REPLAY_COUNT_HEADER in self.headers:
+            return None
+        from dlq_inspector.framing import add_int_header
+
+        return add_int_header(self.raw_properties, REPLAY_COUNT_HEADER, 1)
 
     def copy_as_is(self) -> tuple[bytes, dict[str, Any]]:
         return self.body, {**self.properties, "application_headers": dict(self.headers)}

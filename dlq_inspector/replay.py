@@ -92,14 +92,15 @@ class ReplayPolicy:
             return None
         if parks(message, self.max_replays, self.force):
             body, props = message.copy_as_is()
-            return Publish("", PARKED_QUEUE_NAME, body, props, "parked")
+            return Publish("", PARKED_QUEUE_NAME, body, props, "parked", message.raw_properties)
         target = target_of(message, self.to_queue)
         if target is None:
             return Keep("no x-death header says where it was going: use --to QUEUE")
         if not self.exchange_ok(target.exchange):
             return Keep(f"exchange {target.exchange!r} does not exist")
         body, props = message.copy_for_replay()
-        return Publish(target.exchange, target.routing_key, body, props, target.label)
+        raw = message.raw_for_replay()
+        return Publish(target.exchange, target.routing_key, body, props, target.label, raw)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlq_inspector.broker import queue_size
+from dlq_inspector.broker import open_channel, queue_size
 from dlq_inspector.framing import PublishBuffer
 from dlq_inspector.message import DeadLetter
 
@@ -30,7 +30,10 @@ from dlq_inspector.message import DeadLetter
 CONFIRM_WINDOW = 2000
 #: Acks sent in one go (one ``multiple=True`` frame when nothing before them stays).
 ACK_BATCH = 500
-IDLE_TIMEOUT_S = 1.0
+#: ... or this often, so a slow (rate-limited) replay that is killed leaves few duplicates.
+ACK_EVERY_S = 0.25
+#: Nothing at all from the broker for this long ends the pass (someone else took the rest).
+IDLE_TIMEOUT_S = 5.0
 CONFIRM_TIMEOUT_S = 30.0
 PROGRESS_EVERY = 250
 
@@ -43,6 +46,8 @@ class Publish:
     properties: dict[str, Any]
     #: How the outcome is counted and audited, e.g. ``encodeq -> control`` or ``parked``.
     label: str
+    #: Ready-made property bytes (the received ones, patched): sent instead of ``properties``.
+    raw_properties: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,8 @@ class Mover:
         self.on_progress, self.before_ack = on_progress, before_ack
         self.outcome = Outcome()
         self.expected = 0
-        self._inbox: deque[Any] = deque()
+        self._inbox: deque[tuple[Any, bytes | None]] = deque()
+        self._raw_headers: deque[bytes] = deque()
         #: publish sequence number -> (delivery tag, id, label); confirms arrive in this order.
         self._pending: OrderedDict[int, tuple[int, str, str]] = OrderedDict()
         self._seq = 0
@@ -116,11 +122,32 @@ class Mover:
         self._first_kept: int | None = None
         self._consumer: Any = None
         self._frames: PublishBuffer | None = None
+        self._flushed_at = time.monotonic()
         self._publisher: Any = None
 
     # --- broker callbacks (run inside drain_events) ----------------------------------------
     def _on_delivery(self, message: Any) -> None:
-        self._inbox.append(message)
+        raw = self._raw_headers.popleft() if self._raw_headers else None
+        self._inbox.append((message, raw))
+
+    def _keep_raw_headers(self) -> Callable[[], None]:
+        """Keep each delivery's content-header bytes (py-amqp parses and drops them), so a
+        copy can be published with the very same property bytes. Returns the undo."""
+        original = self.conn.on_inbound_frame
+        channel_id = self._consumer.channel_id
+        raw = self._raw_headers
+
+        def on_frame(frame: tuple[int, int, Any]) -> Any:
+            if frame[0] == 2 and frame[1] == channel_id:  # a content header: 12 bytes, props
+                raw.append(bytes(frame[2][12:]))
+            return original(frame)
+
+        self.conn.on_inbound_frame = on_frame
+
+        def undo() -> None:
+            self.conn.on_inbound_frame = original
+
+        return undo
 
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         returned = DeadLetter.from_amqp(message)
@@ -164,27 +191,34 @@ class Mover:
         self.expected = queue_size(self.conn, self.queue) or 0
         if not self.expected:
             return self.outcome
-        self._publisher = self.conn.channel()
+        self._publisher = open_channel(self.conn)
         self._publisher.confirm_select()
         self._publisher.events["basic_ack"].add(self._on_confirm)
         self._publisher.events["basic_nack"].add(self._on_nack)
         self._publisher.events["basic_return"].add(self._on_return)
         self._frames = PublishBuffer(self.conn, self._publisher.channel_id)
-        self._consumer = self.conn.channel()
+        self._consumer = open_channel(self.conn)
         self._consumer.basic_qos(0, 0, False)
+        undo_raw = self._keep_raw_headers()
         self._consumer.basic_consume(self.queue, no_ack=False, callback=self._on_delivery)
         started = time.monotonic()
+        sock = self.conn.transport.sock
+        previous_timeout = sock.gettimeout()
+        # The socket keeps the idle timeout, so py-amqp does not reset it around every frame.
+        sock.settimeout(IDLE_TIMEOUT_S)
         try:
             while not self.stop.is_set():
                 if self._inbox:
-                    self._handle(self._inbox.popleft(), started)
+                    self._handle(*self._inbox.popleft(), started)
                 elif self.outcome.scanned >= self.expected:
                     break
                 elif not self._drain(IDLE_TIMEOUT_S):
                     break  # nothing more arrives: another consumer took the rest
                 if len(self._pending) >= self.window:
                     self._wait_confirms(self.window // 2)
-                if len(self._ackable) >= ACK_BATCH:
+                if len(self._ackable) >= ACK_BATCH or (
+                    self._ackable and time.monotonic() - self._flushed_at > ACK_EVERY_S
+                ):
                     self._flush()
             self.outcome.interrupted = self.stop.is_set()
             self._wait_confirms(0)
@@ -192,6 +226,8 @@ class Mover:
             try:
                 self._flush()
             finally:
+                undo_raw()
+                sock.settimeout(previous_timeout)
                 # Unacked deliveries (kept, unconfirmed, unseen) go back in their places.
                 self._consumer.close()
                 self._publisher.close()
@@ -208,7 +244,7 @@ class Mover:
             return False
         return True
 
-    def _handle(self, message: Any, started: float) -> None:
+    def _handle(self, message: Any, raw_properties: bytes | None, started: float) -> None:
         self.outcome.scanned += 1
         tag = message.delivery_info["delivery_tag"]
         if self.on_progress and self.outcome.scanned % PROGRESS_EVERY == 0:
@@ -216,7 +252,7 @@ class Mover:
         if self.outcome.scanned > self.expected:
             self._keep(tag)  # arrived after we started: not ours to touch in this pass
             return
-        dead = DeadLetter.from_amqp(message)
+        dead = DeadLetter.from_amqp(message, raw_properties)
         decision = self.decide(dead)
         if decision is None:
             self._keep(tag)
@@ -233,7 +269,11 @@ class Mover:
             self._pending[self._seq] = (tag, dead.id, decision.label)
             assert self._frames is not None
             self._frames.publish(
-                decision.body, decision.properties, decision.exchange, decision.routing_key
+                decision.body,
+                decision.properties,
+                decision.exchange,
+                decision.routing_key,
+                decision.raw_properties,
             )
             self._published += 1
 
@@ -253,7 +293,7 @@ class Mover:
                     f"the broker confirmed nothing for {CONFIRM_TIMEOUT_S:.0f}s; "
                     f"{len(self._pending)} copies unconfirmed (their originals stay in the queue)"
                 )
-            self._drain(1.0)
+            self._drain(IDLE_TIMEOUT_S)
 
     def _keep(self, tag: int) -> None:
         if self._first_kept is None or tag < self._first_kept:
@@ -261,6 +301,7 @@ class Mover:
 
     def _flush(self) -> None:
         """Ack every confirmed delivery; one multiple-ack for those below the first that stays."""
+        self._flushed_at = time.monotonic()
         if not self._ackable:
             return
         if self.before_ack:
@@ -269,7 +310,7 @@ class Mover:
         if self._pending:
             blockers.append(next(iter(self._pending.values()))[0])
         if self._inbox:
-            blockers.append(self._inbox[0].delivery_info["delivery_tag"])
+            blockers.append(self._inbox[0][0].delivery_info["delivery_tag"])
         blocker = min(blockers) if blockers else None
         tags = sorted(self._ackable)
         self._ackable = []

@@ -1,0 +1,214 @@
+"""Benchmark: ``encodeq dlq replay --all --to <side queue>`` against a naive get/publish/ack loop.
+
+Runs on a vhost of its own (created and deleted here, with ``rabbitmqctl``) and an embedded S3
+server (the audit trail needs one). It fills the DLQ with N real dead letters (Celery-shaped
+messages that expire in an origin queue, so RabbitMQ writes their ``x-death``), times the CLI
+replaying them to a side queue, checks every message arrived exactly once and the DLQ is empty,
+then refills the DLQ and times the naive loop (basic_get, publish and wait for its confirm,
+basic_ack, one message at a time) on the same machine in the same run, and prints the ratio.
+
+    python bench/bench_dlq_replay.py [--messages 10000] [--naive-messages 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import amqp
+from kombu import Connection
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from config.topology import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE_NAME  # noqa: E402
+from encodeq.s3server import EmbeddedS3  # noqa: E402
+
+ORIGIN = "bench.origin"
+SIDE = "bench.side"
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def fill(url: str, count: int) -> set[str]:
+    """``count`` Celery-shaped messages, dead-lettered (expired) into the DLQ; their task ids."""
+    ids: set[str] = set()
+    with Connection(url) as conn:
+        conn.ensure_connection()
+        from config.topology import declare_topology
+
+        declare_topology(conn)
+        raw = conn.connection
+        ch = raw.channel()
+        ch.queue_declare(
+            ORIGIN,
+            durable=True,
+            auto_delete=False,
+            arguments={"x-message-ttl": 0, "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name},
+        )
+        ch.queue_declare(SIDE, durable=True, auto_delete=False)
+        for i in range(count):
+            task_id = str(uuid.uuid4())
+            ids.add(task_id)
+            job = uuid.uuid4().hex
+            body = json.dumps(
+                [[job, "360p"], {}, {"callbacks": None, "errbacks": None, "chain": None}]
+            ).encode()
+            headers = {
+                "lang": "py",
+                "task": "encodeq.encode",
+                "id": task_id,
+                "root_id": task_id,
+                "parent_id": None,
+                "retries": 0,
+                "argsrepr": f"('{job}', '360p')",
+                "kwargsrepr": "{}",
+                "origin": f"bench@{i}",
+            }
+            msg = amqp.Message(
+                body,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                correlation_id=task_id,
+                application_headers=headers,
+            )
+            ch.basic_publish(msg, exchange="", routing_key=ORIGIN)
+        ch.close()
+    wait_count(url, DEAD_LETTER_QUEUE_NAME, count)
+    return ids
+
+
+def queue_count(url: str, queue: str) -> int:
+    with Connection(url) as conn:
+        ch = conn.channel()
+        _, n, _ = ch.queue_declare(queue, passive=True)
+        ch.close()
+    return int(n)
+
+
+def wait_count(url: str, queue: str, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while queue_count(url, queue) != count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{queue} never reached {count} (has {queue_count(url, queue)})")
+        time.sleep(0.1)
+
+
+def drain_ids(url: str, queue: str) -> list[str]:
+    """Consume (and remove) every message of ``queue``; their task ids."""
+    found: list[str] = []
+    expected = queue_count(url, queue)
+    with Connection(url) as conn:
+        raw = conn.connection
+        ch = raw.channel()
+        ch.basic_qos(0, 0, False)
+        ch.basic_consume(queue, no_ack=True, callback=lambda m: found.append(m.headers["id"]))
+        while len(found) < expected:
+            raw.drain_events(timeout=5)
+        ch.close()
+    return found
+
+
+def naive(url: str, count: int) -> float:
+    """One at a time: get, publish and wait for the confirm, ack. Returns seconds."""
+    with Connection(url, transport_options={"confirm_publish": True}) as conn:
+        conn.ensure_connection()
+        raw = conn.connection
+        ch = raw.channel()
+        ch.confirm_select()
+        started = time.perf_counter()
+        moved = 0
+        while moved < count:
+            m = ch.basic_get(DEAD_LETTER_QUEUE_NAME, no_ack=False)
+            if m is None:
+                break
+            props: dict[str, Any] = dict(m.properties)
+            headers = dict(props.pop("application_headers", None) or {})
+            headers["encodeq-replay-count"] = int(headers.get("encodeq-replay-count", 0)) + 1
+            out = amqp.Message(m.body, application_headers=headers, **props)
+            ch.basic_publish_confirm(out, exchange="", routing_key=SIDE, mandatory=True)
+            ch.basic_ack(m.delivery_tag)
+            moved += 1
+        elapsed = time.perf_counter() - started
+        ch.close()
+    if moved != count:
+        raise SystemExit(f"naive loop moved {moved} of {count}")
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--naive-messages", type=int, default=2_000)
+    args = parser.parse_args()
+
+    vhost = f"encodeq-bench-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    s3 = EmbeddedS3()
+    endpoint = s3.start()
+    env = {
+        **os.environ,
+        "ENCODEQ_BROKER_URL": url,
+        "ENCODEQ_S3_ENDPOINT": endpoint,
+        "ENCODEQ_S3_ACCESS_KEY": "bench",
+        "ENCODEQ_S3_SECRET_KEY": "bench",
+        "ENCODEQ_BUCKET_PREFIX": "bench-",
+        # This working tree's code, whatever checkout the editable install points at.
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
+    os.environ.update(env)
+    try:
+        ids = fill(url, args.messages)
+        cli = [shutil.which("encodeq") or "encodeq", "dlq", "replay", "--all", "--to", SIDE]
+        started = time.perf_counter()
+        result = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if result.returncode != 0:
+            raise SystemExit(f"replay failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        report = json.loads(result.stdout)
+        moved = drain_ids(url, SIDE)
+        left = queue_count(url, DEAD_LETTER_QUEUE_NAME)
+        lost = len(ids - set(moved))
+        duplicated = len(moved) - len(set(moved))
+        ok = lost == 0 and duplicated == 0 and left == 0 and report["moved"] == args.messages
+
+        fill(url, args.naive_messages)
+        naive_s = naive(url, args.naive_messages)
+        naive_moved = queue_count(url, SIDE)
+
+        engine_rate = args.messages / report["seconds"]
+        wall_rate = args.messages / wall
+        naive_rate = args.naive_messages / naive_s
+        print(f"{'':34} {'messages':>9} {'seconds':>8} {'msg/s':>9}")
+        print(f"{'replay --all (engine)':34} {args.messages:>9} {report['seconds']:>8.2f} "
+              f"{engine_rate:>9.0f}")  # fmt: skip
+        print(f"{'replay --all (CLI wall, w/ start)':34} {args.messages:>9} {wall:>8.2f} "
+              f"{wall_rate:>9.0f}")  # fmt: skip
+        print(f"{'naive get/publish+confirm/ack':34} {args.naive_messages:>9} {naive_s:>8.2f} "
+              f"{naive_rate:>9.0f}")  # fmt: skip
+        print(f"ratio engine/naive: {engine_rate / naive_rate:.1f}x   "
+              f"ratio CLI wall/naive: {wall_rate / naive_rate:.1f}x")  # fmt: skip
+        print(f"check: replayed {report['moved']}, arrived {len(moved)}, lost {lost}, "
+              f"duplicated {duplicated}, left in DLQ {left}, naive moved {naive_moved}: "
+              f"{'OK' if ok and naive_moved == args.naive_messages else 'FAILED'}")  # fmt: skip
+        return 0 if ok else 1
+    finally:
+        s3.stop()
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
