@@ -99,16 +99,19 @@ def ffprobe(path_or_url: str) -> dict[str, Any]:
 
 
 # --- the CLI -------------------------------------------------------------------------------------
-def encodeq(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+def encodeq(
+    *args: str, timeout: float = 300, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*ENCODEQ, *args], capture_output=True, text=True, timeout=timeout, check=check
-    )
+        [*ENCODEQ, *args], capture_output=True, text=True, timeout=timeout, check=check,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
 
 
 # --- worker processes ----------------------------------------------------------------------------
-def queue_state(name: str) -> tuple[int, int]:
+def queue_state(name: str, url: str | None = None) -> tuple[int, int]:
     """(ready messages, consumers) of a queue, by a passive declare."""
-    with broker() as conn:
+    with Connection(url) if url else broker() as conn:
         ch = conn.channel()
         try:
             _, messages, consumers = ch.queue_declare(name, passive=True)
@@ -117,9 +120,9 @@ def queue_state(name: str) -> tuple[int, int]:
     return messages, consumers
 
 
-def consumers(name: str = ENCODE_QUEUE_NAME) -> int:
+def consumers(name: str = ENCODE_QUEUE_NAME, url: str | None = None) -> int:
     try:
-        return queue_state(name)[1]
+        return queue_state(name, url)[1]
     except Exception:
         return 0
 
@@ -164,7 +167,8 @@ class WorkerFleet:
 
     def start(self, name: str, concurrency: int = 1, env: dict[str, str] | None = None) -> Worker:
         """``encodeq worker`` as compose runs it; returns once it consumes from the work queues."""
-        before = consumers()
+        url = (env or {}).get("ENCODEQ_BROKER_URL")
+        before = consumers(url=url)
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"encodeq-worker-{name}-{os.getpid()}.log"
         proc = subprocess.Popen(
             [*ENCODEQ, "worker", "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
@@ -175,7 +179,9 @@ class WorkerFleet:
         worker = Worker(name, proc, log)
         self.workers.append(worker)
         wait_for(
-            lambda: consumers() > before or proc.poll() is not None, 60, f"worker {name} to start"
+            lambda: consumers(url=url) > before or proc.poll() is not None,
+            60,
+            f"worker {name} to start",
         )
         if proc.poll() is not None:
             raise AssertionError(f"worker {name} exited:\n{worker.output()[-3000:]}")
@@ -445,3 +451,26 @@ def event_queues() -> list[str]:
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     return [n for n in out.stdout.split() if n.startswith("encodeq.events.")]
+
+
+def open_cors(logical: str) -> None:
+    """Let pages of any origin read a bucket's objects (with a presigned URL: it stays private).
+
+    MinIO answers CORS for every origin by default; moto, standing in for it here, only after a
+    bucket CORS rule. A ``<video crossorigin>`` needs it to play HLS segments from S3.
+    """
+    import contextlib
+
+    import boto3
+
+    s = settings()
+    client = boto3.client(
+        "s3", endpoint_url=s.s3_endpoint, aws_access_key_id=s.s3_access_key,
+        aws_secret_access_key=s.s3_secret_key, region_name=s.s3_region,
+    )  # fmt: skip
+    bucket = s.bucket(logical)
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=bucket)
+    rule = {"AllowedOrigins": ["*"], "AllowedMethods": ["GET", "HEAD"], "AllowedHeaders": ["*"],
+            "MaxAgeSeconds": 3600}  # fmt: skip
+    client.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [rule]})

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from kombu.exceptions import OperationalError
+
 from config.settings import get_settings
 from config.topology import declare_topology
-from encodeq.manifest import JobStore, Manifest, SourceInfo
+from encodeq.manifest import ErrorInfo, JobStore, Manifest, SourceInfo
 from encodeq.storage import UPLOADS, Storage
 
 #: Extensions kept on the stored key for the benefit of people browsing the bucket; anything else
@@ -23,21 +25,23 @@ KNOWN_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mp
 
 
 class SubmitError(Exception):
-    """The file cannot be submitted (missing, not a regular file, over the size limit)."""
+    """The file cannot be submitted (missing, not a regular file, over the size limit, or the
+    broker did not take the job)."""
 
 
-_topology_declared = False
+def _publish_probe(job_id: str) -> None:
+    """Declare the topology (so a job published before any worker ran is kept) and publish the
+    probe with publisher confirms, waiting up to ``broker_wait_s`` for an unreachable broker."""
+    from worker.app import app
+    from worker.tasks import probe
 
-
-def _ensure_topology() -> None:
-    """Declare the queues once per process, so a job published before any worker ran is kept."""
-    global _topology_declared
-    if not _topology_declared:
-        from worker.app import app
-
-        with app.connection_for_write() as connection:
-            declare_topology(connection)
-        _topology_declared = True
+    wait = get_settings().broker_wait_s
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(
+            max_retries=None, interval_start=0.5, interval_step=0.5, interval_max=2, timeout=wait
+        )
+        declare_topology(connection)
+        probe.apply_async(args=[job_id], connection=connection)
 
 
 def check_file(path: Path) -> int:
@@ -61,11 +65,9 @@ def source_key(job_id: str, filename: str) -> str:
 def submit(path: Path, storage: Storage | None = None, progress: Any = None) -> Manifest:
     """Upload ``path`` and queue its job; returns the queued manifest."""
     from worker.events import emit
-    from worker.tasks import probe
 
     size = check_file(path)
     storage = storage or Storage()
-    _ensure_topology()
     job_id = uuid.uuid4().hex
     uri = storage.put_file(
         UPLOADS,
@@ -77,8 +79,16 @@ def submit(path: Path, storage: Storage | None = None, progress: Any = None) -> 
     manifest = Manifest(
         job_id=job_id, source=SourceInfo(uri=uri, filename=path.name, size_bytes=size)
     )
-    JobStore(storage).save(manifest)
+    jobs = JobStore(storage)
+    jobs.save(manifest)
     # Publisher confirms are on (broker_transport_options): this returns once RabbitMQ has the task.
-    probe.apply_async(args=[job_id])
+    try:
+        _publish_probe(job_id)
+    except (OperationalError, OSError) as exc:
+        error = ErrorInfo(code="broker_unavailable", message=f"could not queue the job: {exc}")
+        jobs.set_state(job_id, "failed", error)
+        raise SubmitError(
+            f"{path}: RabbitMQ did not take job {job_id} ({exc}); marked failed"
+        ) from exc
     emit("job.queued", job_id=job_id, filename=path.name, size_bytes=size)
     return manifest

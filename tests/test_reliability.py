@@ -1,0 +1,323 @@
+"""Nothing is lost: broker restarts, poison inputs beside good ones, warm shutdowns, and a soak
+run with faults firing on a schedule. Every uploaded video ends completed, or failed with its
+reason and a dead-lettered message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from kombu import Connection
+from observe import Events
+from support import (
+    ENCODE_QUEUE_NAME,
+    WorkerFleet,
+    consumers,
+    death_reason,
+    dlq_for,
+    encodeq,
+    jobs,
+    make_video,
+    storage,
+    wait_for,
+    wait_for_job,
+)
+from tcp_proxy import TcpProxy
+
+from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
+                          timeout=120, check=True)  # fmt: skip
+    return done.stdout
+
+
+@pytest.fixture
+def broker_outage() -> Iterator[callable]:
+    """``outage()`` stops RabbitMQ's application; it is always started again afterwards."""
+    stopped = []
+
+    def outage() -> None:
+        rabbitmqctl("stop_app")
+        stopped.append(True)
+
+    yield outage
+    if stopped:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+
+
+def restart_broker() -> None:
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+
+
+def upload(path: Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(["encodeq", "upload", str(path)], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, **(env or {})})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def assert_renditions_exactly_once(job_id: str) -> None:
+    manifest = jobs().load(job_id)
+    assert manifest is not None and manifest.state == "completed", manifest
+    for r in manifest.renditions:
+        keys = list(storage().list_keys("renditions", f"{job_id}/{r.name}/"))
+        assert len(keys) == r.segments + 1, (r.name, keys)  # segments + playlist, no strays
+
+
+def test_broker_restart_loses_nothing(workers, media_dir, broker_outage) -> None:
+    workers.start("r1")
+    workers.start("r2")
+    sources = [make_video(media_dir / f"restart{i}.mp4", 640, 360, duration=6) for i in range(3)]
+    with Events() as events:
+        job_ids = [upload(source) for source in sources]
+        events.wait(lambda e: e["event"] == "rendition.started", 60, "an encode to start")
+    broker_outage()
+    # During the outage an upload either waits and succeeds...
+    waiting = subprocess.Popen(
+        ["encodeq", "upload", str(sources[0])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "ENCODEQ_BROKER_WAIT_S": "120"},
+    )  # fmt: skip
+    # ...or, when it cannot wait that long, fails loudly and says so in the manifest.
+    impatient = encodeq("upload", str(sources[1]), env={"ENCODEQ_BROKER_WAIT_S": "1"})
+    assert impatient.returncode == 2
+    assert "RabbitMQ did not take job" in impatient.stderr
+    failed_id = impatient.stderr.split("did not take job ")[1].split()[0]
+    restart_broker()
+    out, err = waiting.communicate(timeout=180)
+    assert waiting.returncode == 0, err
+    job_ids.append(out.strip())
+    failed = jobs().load(failed_id)
+    assert failed.state == "failed" and failed.error.code == "broker_unavailable"
+    # Queued and running work survived (quorum, durable, persistent); workers came back by
+    # themselves.
+    for job_id in job_ids:
+        assert wait_for_job(job_id, timeout=180).state == "completed"
+        assert_renditions_exactly_once(job_id)
+    wait_for(lambda: consumers() >= 2, 60, "both workers to consume again")
+    assert all(w.proc.poll() is None for w in workers.workers)
+
+
+def test_poison_input_does_not_block_other_jobs(workers, media_dir) -> None:
+    fleet = {"p1": workers.start("p1"), "p2": workers.start("p2")}
+    poison = make_video(media_dir / "poison-long.mp4", 426, 240, duration=30)
+    good = [make_video(media_dir / f"good{i}.mp4", 320, 180, duration=2) for i in range(3)]
+    stop = threading.Event()
+    kills: list[str] = []
+    with Events() as events:
+        poison_id = upload(poison)
+
+        def killer() -> None:
+            # Every time the poison job's encode starts, its process dies (like an OOM kill).
+            while not stop.is_set():
+                try:
+                    e = events.wait(lambda e: e["event"] == "rendition.started"
+                                    and e["job_id"] == poison_id, 1, "poison")  # fmt: skip
+                except AssertionError:
+                    continue
+                worker = fleet[e["worker"].split("@")[0]]
+                for child in worker.pool_children():
+                    os.kill(child, signal.SIGKILL)
+                kills.append(e["worker"])
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        try:
+            good_ids = [upload(g) for g in good]
+            for job_id in good_ids:
+                assert wait_for_job(job_id, timeout=120).state == "completed"
+            message = wait_for(lambda: dlq_for(job_id=poison_id), 120, "the poison in the DLQ")[0]
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    assert death_reason(message) == "delivery_limit"
+    assert len(kills) == 3  # delivery limit 2: the third return dead-letters it
+    assert jobs().load(poison_id).error.code == "delivery_limit"
+
+
+def test_warm_shutdown_finishes_the_task_in_hand(workers, media_dir) -> None:
+    leaving = workers.start("leaving")
+    source = make_video(media_dir / "warm.mp4", 640, 360, duration=20)
+    with Events() as events:
+        job_id = upload(source)
+        started = events.wait(lambda e: e["event"] == "rendition.started" and
+                              e["job_id"] == job_id, 60, "the first encode")  # fmt: skip
+        staying = workers.start("staying")
+        assert leaving.terminate(timeout=120) == 0  # SIGTERM: finish, ack, exit
+    manifest = wait_for_job(job_id, timeout=120)
+    assert manifest.state == "completed"
+    by_name = {r.name: r.worker for r in manifest.renditions}
+    assert by_name[started["rendition"]].startswith("leaving@")
+    assert any(w.startswith("staying@") for w in by_name.values())
+    assert staying.proc.poll() is None
+    assert_renditions_exactly_once(job_id)
+
+
+def test_storage_outage_past_the_budget_then_replay_completes(workers, media_dir) -> None:
+    endpoint = urlsplit(os.environ["ENCODEQ_S3_ENDPOINT"])
+    proxy = TcpProxy(endpoint.hostname, endpoint.port).start()
+    try:
+        workers.start("cutoff", env={"ENCODEQ_S3_ENDPOINT": proxy.endpoint,
+                                     "ENCODEQ_MAX_RETRIES": "1"})  # fmt: skip
+        proxy.cut()
+        job_id = upload(make_video(media_dir / "replayable.mp4", 320, 180, duration=2))
+        message = wait_for(lambda: dlq_for(job_id=job_id), 90, "the dead letter")[0]
+        assert death_reason(message) == "rejected"
+        proxy.restore()
+        ids = json.loads(encodeq("dlq", "list", "--job", job_id, "--json").stdout)
+        assert len(ids) == 1
+        replay = encodeq("dlq", "replay", ids[0]["id"])
+        assert replay.returncode == 0, replay.stderr
+        assert wait_for_job(job_id, timeout=90).state == "completed"
+        assert dlq_for(job_id=job_id) == []
+    finally:
+        proxy.cut()
+
+
+# --- soak ----------------------------------------------------------------------------------------
+@pytest.fixture
+def soak_vhost() -> Iterator[dict[str, str]]:
+    """A vhost of its own: a higher delivery limit (faults may hit one message several times
+    without it being poison), and queue counts that are this test's alone."""
+    vhost = f"encodeq-soak-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield {"ENCODEQ_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+           "ENCODEQ_DELIVERY_LIMIT": "20", "ENCODEQ_MAX_RETRIES": "10",
+           "ENCODEQ_BUCKET_PREFIX": f"{os.environ['ENCODEQ_BUCKET_PREFIX']}soak-",
+           "_vhost": vhost}  # fmt: skip
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+def _queue_counts(url: str, name: str) -> tuple[int, int]:
+    with Connection(url) as conn:
+        _, messages, consumers_ = conn.default_channel.queue_declare(name, passive=True)
+    return messages, consumers_
+
+
+@pytest.mark.slow
+def test_soak_fifty_jobs_under_faults(soak_vhost, media_dir, tmp_path) -> None:
+    env = {k: v for k, v in soak_vhost.items() if not k.startswith("_")}
+    endpoint = urlsplit(os.environ["ENCODEQ_S3_ENDPOINT"])
+    proxy = TcpProxy(endpoint.hostname, endpoint.port).start()
+    worker_env = {**env, "ENCODEQ_S3_ENDPOINT": proxy.endpoint}
+    fleet = WorkerFleet()
+    faults: dict[str, int] = {}
+    rng = random.Random(7)
+    sources = [make_video(media_dir / f"soak{i % 5}.mp4", 320, 180, duration=2) for i in range(5)]
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def fire(kind: str) -> None:
+        faults[kind] = faults.get(kind, 0) + 1
+
+    def chaos() -> None:
+        schedule = ["kill_pool", "s3_cut", "kill_pool", "warm_restart", "broker_restart",
+                    "kill_pool", "s3_cut", "kill_worker"]  # fmt: skip
+        for kind in schedule * 3:
+            if stop.wait(rng.uniform(2.0, 4.0)):
+                return
+            alive = [w for w in fleet.workers if w.proc.poll() is None]
+            if kind == "kill_pool" and alive:
+                for child in rng.choice(alive).pool_children():
+                    os.kill(child, signal.SIGKILL)
+            elif kind == "s3_cut":
+                proxy.cut()
+                stop.wait(2.0)
+                proxy.restore()
+            elif kind == "warm_restart" and alive:
+                victim = rng.choice(alive)
+                victim.terminate(timeout=120)
+                fleet.start(f"{victim.name}w", env=worker_env)
+            elif kind == "kill_worker" and alive:
+                victim = rng.choice(alive)
+                victim.kill()
+                fleet.start(f"{victim.name}k", env=worker_env)
+            elif kind == "broker_restart":
+                rabbitmqctl("stop_app")
+                stop.wait(2.0)
+                restart_broker()
+            else:
+                continue
+            fire(kind)
+
+    try:
+        fleet.start("s1", env=worker_env)
+        fleet.start("s2", env=worker_env)
+        thread = threading.Thread(target=chaos, daemon=True)
+        thread.start()
+        job_ids = []
+        for i in range(50):
+            done = encodeq("upload", str(sources[i % 5]),
+                           env={**env, "ENCODEQ_BROKER_WAIT_S": "120"})  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            job_ids.append(done.stdout.strip())
+        store = jobs_for(env)
+        deadline = time.monotonic() + 420
+        pending = set(job_ids)
+        while pending and time.monotonic() < deadline:
+            for job_id in list(pending):
+                manifest = store.load(job_id)
+                if manifest is not None and manifest.finished:
+                    pending.discard(job_id)
+            time.sleep(0.5)  # polling the manifests of 50 jobs, not waiting for a condition
+        stop.set()
+        thread.join(timeout=180)
+    finally:
+        stop.set()
+        fleet.stop_all()
+        proxy.cut()
+    elapsed = time.monotonic() - started
+    states = {job_id: store.load(job_id).state for job_id in job_ids}
+    lost = [j for j, s in states.items() if s != "completed"]
+    duplicated = 0
+    for job_id in job_ids:
+        manifest = store.load(job_id)
+        for r in manifest.renditions:
+            keys = list(storage_for(env).list_keys("renditions", f"{job_id}/{r.name}/"))
+            duplicated += max(0, len(keys) - (r.segments + 1))
+    url = env["ENCODEQ_BROKER_URL"]
+    dead = _queue_counts(url, DEAD_LETTER_QUEUE_NAME)[0]
+    left = sum(_queue_counts(url, q)[0] for q in (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME))
+    print(f"\nsoak: {len(job_ids)} jobs, faults {faults} ({sum(faults.values())} in all), "
+          f"lost {len(lost)}, duplicated {duplicated}, dead-lettered {dead}, "
+          f"{elapsed:.0f}s")  # fmt: skip
+    assert lost == [], {j: states[j] for j in lost}
+    assert duplicated == 0
+    assert dead == 0  # no false poison
+    assert left == 0  # nothing stuck
+    assert sum(faults.values()) >= 8
+
+
+def jobs_for(env: dict[str, str]):
+    from config.settings import Settings
+    from encodeq.manifest import JobStore
+    from encodeq.storage import Storage
+
+    return JobStore(Storage(Settings(**_settings_kwargs(env))))
+
+
+def storage_for(env: dict[str, str]):
+    from config.settings import Settings
+    from encodeq.storage import Storage
+
+    return Storage(Settings(**_settings_kwargs(env)))
+
+
+def _settings_kwargs(env: dict[str, str]) -> dict[str, str]:
+    return {k.removeprefix("ENCODEQ_").lower(): v for k, v in env.items()
+            if k.startswith("ENCODEQ_")}  # fmt: skip
