@@ -43,7 +43,6 @@ class Storage:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
-        endpoint = urlsplit(self.settings.s3_endpoint)
         # Short timeouts and few retries: a storage outage must surface as an error that Celery's
         # retry policy handles, not as a worker stuck inside urllib3.
         http = urllib3.PoolManager(
@@ -53,7 +52,15 @@ class Storage:
             ),
             maxsize=10,
         )
-        self.client = Minio(
+        self.client = self._client(self.settings.s3_endpoint, http)
+        # Presigning is computed locally (the region is known), so this client never connects.
+        public = self.settings.s3_public_endpoint
+        self._presigner = self._client(public, http) if public else self.client
+        self._ready: set[str] = set()
+
+    def _client(self, url: str, http: urllib3.PoolManager) -> Minio:
+        endpoint = urlsplit(url)
+        return Minio(
             endpoint.netloc,
             access_key=self.settings.s3_access_key,
             secret_key=self.settings.s3_secret_key,
@@ -61,7 +68,6 @@ class Storage:
             secure=endpoint.scheme == "https",
             http_client=http,
         )
-        self._ready: set[str] = set()
 
     # --- naming ------------------------------------------------------------------------------
     def bucket(self, logical: str) -> str:
@@ -148,4 +154,4 @@ class Storage:
 
     def presigned_url(self, logical: str, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         """A time-limited GET URL; buckets stay private."""
-        return self.client.presigned_get_object(self.bucket(logical), key, expires=expires)
+        return self._presigner.presigned_get_object(self.bucket(logical), key, expires=expires)

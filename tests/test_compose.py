@@ -45,9 +45,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 RABBITMQ_CONF = ROOT / "config" / "rabbitmq" / "rabbitmq.conf"
 ENABLED_PLUGINS = ROOT / "config" / "rabbitmq" / "enabled_plugins"
 
-SERVICES = {"minio", "rabbitmq", "worker", "flower"}
+SERVICES = {"minio", "rabbitmq", "worker", "flower", "uploader"}
 #: The only credentials allowed in the repository: the well-known local defaults.
-LOCAL_DEFAULTS = {"guest", "minioadmin"}
+LOCAL_DEFAULTS = {"guest", "minioadmin", "encodeq-local-token"}
 SECRET_NAME = re.compile(r"PASS|SECRET|KEY|TOKEN|USER", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
 SETTINGS_NAMES = {f"ENCODEQ_{name.upper()}" for name in Settings.model_fields}

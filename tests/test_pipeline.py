@@ -196,3 +196,12 @@ def test_buckets_are_private_and_playback_urls_are_presigned(fleet, media_dir: P
     assert "X-Amz-Expires=3600" in url and "X-Amz-Signature=" in url
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read().startswith(b"#EXTM3U")
+
+
+def test_presigned_urls_use_the_public_endpoint_when_set() -> None:
+    from config.settings import Settings
+    from encodeq.storage import Storage
+
+    settings = Settings(s3_public_endpoint="http://localhost:19000")
+    url = Storage(settings).presigned_url(RENDITIONS, "job/master.m3u8")
+    assert url.startswith(f"http://localhost:19000/{settings.bucket(RENDITIONS)}/job/master.m3u8?")

@@ -1,0 +1,153 @@
+"""The dashboard end to end in headless Chromium (Debian's package, driven by Playwright).
+
+A person's path through the page: upload through the file field, watch the bars move and the job
+complete, play the result (HLS through presigned URLs); upload a broken file, find it in the DLQ
+panel, fix its source in S3, press replay, see the job complete. Every wait is on a condition in
+the page (Playwright's selectors and functions), never on a clock. Also writes docs/dashboard.png.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from support import WorkerFleet, make_video, open_cors, start_server, storage
+
+from encodeq.manifest import JobStore
+from encodeq.storage import RENDITIONS, UPLOADS, parse_uri
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+TOKEN = "browser-token-" + os.urandom(4).hex()
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "dashboard.png"
+JOB_S = 120_000  # milliseconds a job may take, at most, in Playwright's units
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+if not CHROMIUM.exists():  # pragma: no cover - .ci/run installs it
+    pytest.skip("apt-get install chromium", allow_module_level=True)
+
+#: Records every value each job's progress elements take (rows are re-rendered, not mutated).
+RECORD_PROGRESS = """() => {
+  window.progressSeen = [];
+  const record = (root) => root.querySelectorAll && root.querySelectorAll("[data-progress]")
+    .forEach((p) => window.progressSeen.push({
+      job: p.closest("tr[data-job-id]")?.dataset.jobId, value: Number(p.dataset.progress) }));
+  new MutationObserver((changes) => changes.forEach((c) => c.addedNodes.forEach(record)))
+    .observe(document.getElementById("job-rows"), { childList: true, subtree: true });
+}"""
+
+MID_ENCODE = """(id) => [...document.querySelectorAll(`tr[data-job-id="${id}"] [data-progress]`)]
+  .some((p) => Number(p.dataset.progress) > 0 && Number(p.dataset.progress) < 100)"""
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[WorkerFleet]:
+    """Two workers, one ffmpeg thread each: an encode lasts long enough to be seen moving."""
+    fleet = WorkerFleet()
+    for name in ("alpha", "beta"):
+        fleet.start(name, env={"ENCODEQ_FFMPEG_THREADS": "1"})
+    yield fleet
+    fleet.stop_all()
+
+
+@pytest.fixture(scope="module")
+def server(fleet: WorkerFleet) -> Iterator[Any]:
+    open_cors(RENDITIONS)  # what MinIO does by default: the player fetches segments cross-origin
+    server = start_server(env={"ENCODEQ_API_TOKEN": TOKEN})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.base)
+    page.wait_for_selector("body[data-ready=true]")
+    page.fill("#token", TOKEN)
+    page.evaluate(RECORD_PROGRESS)
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def upload_through_page(page: Any, files: Any) -> str:
+    """Choose a file in the plain ``input[type=file]``; returns the job id the API answered."""
+    with page.expect_response(lambda r: r.url.endswith("/api/uploads")) as answer:
+        page.set_input_files("input[type=file]", files)
+    response = answer.value
+    assert response.status == 202, response.text()
+    return response.json()["job_id"]
+
+
+def test_upload_watch_progress_and_play(page: Any, media_dir: Path) -> None:
+    source = make_video(media_dir / "browser 720p.mp4", 1280, 720, duration=10)
+    segment_requests: list[str] = []
+    page.on("request", lambda r: segment_requests.append(r.url) if ".ts?" in r.url else None)
+
+    job_id = upload_through_page(page, str(source))
+    row = f'tr[data-job-id="{job_id}"]'
+    page.wait_for_selector(row)
+    page.wait_for_function(MID_ENCODE, arg=job_id, timeout=JOB_S)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+    assert page.locator(f"{row} [data-rendition]").count() == 4  # 720p, 480p, 360p, 240p
+    assert page.locator(f"{row} .who").first.inner_text().strip()  # the worker holding it
+
+    page.wait_for_selector(f'{row}[data-state="completed"]', timeout=JOB_S)
+    values = [s["value"] for s in page.evaluate("window.progressSeen") if s["job"] == job_id]
+    assert any(0 < v < 100 for v in values), values  # it moved, and was seen moving
+    bars = page.locator(f"{row} [data-progress]")
+    assert [bars.nth(i).get_attribute("data-progress") for i in range(4)] == ["100"] * 4
+    workers = page.locator("#worker-list [data-worker]")
+    assert workers.count() >= 1
+
+    page.click(f'{row} [data-action="play"]')
+    page.wait_for_function(
+        "() => { const v = document.getElementById('video');"
+        " return v.readyState >= 2 && v.currentTime > 0.5; }",
+        timeout=60_000,
+    )
+    src = page.eval_on_selector("#video", "v => v.currentSrc")
+    assert src.endswith(f"/api/jobs/{job_id}/hls/master.m3u8")
+    s3 = urlsplit(os.environ["ENCODEQ_S3_ENDPOINT"]).netloc
+    signed = [u for u in segment_requests if urlsplit(u).netloc == s3 and "X-Amz-Signature" in u]
+    assert signed, segment_requests  # segments came from S3, through presigned URLs
+
+
+def test_broken_upload_lands_in_the_dlq_and_replays_after_the_fix(
+    page: Any, media_dir: Path
+) -> None:
+    broken = {"name": "broken.mp4", "mimeType": "video/mp4", "buffer": os.urandom(64 * 1024)}
+    job_id = upload_through_page(page, broken)
+    page.wait_for_selector(f'tr[data-job-id="{job_id}"][data-state="failed"]', timeout=JOB_S)
+    dead = f'tr[data-dlq-job="{job_id}"][data-dlq-id]'
+    page.wait_for_selector(dead, timeout=30_000)
+    text = page.inner_text(dead)
+    assert "encodeq.probe" in text and "not_a_video" in text and "InputError" in text
+    assert len(page.get_attribute(dead, "data-dlq-id") or "") == 12
+
+    # Fix the source where the job expects it (same key), then replay from the page.
+    manifest = JobStore(storage()).load(job_id)
+    assert manifest is not None
+    _, key = parse_uri(manifest.source.uri)
+    storage().put_file(UPLOADS, key, make_video(media_dir / "fixed.mp4", 640, 360, duration=3))
+    page.click(f'{dead} [data-action="replay"]')
+    page.wait_for_selector(f'tr[data-job-id="{job_id}"][data-state="completed"]', timeout=JOB_S)
+    page.wait_for_selector(dead, state="detached", timeout=30_000)
+    assert "replayed" in page.inner_text("#dlq-note")

@@ -1,0 +1,142 @@
+"""Playing a finished job in a browser while every bucket stays private.
+
+The stored playlists use relative URIs (``360p/index.m3u8``, ``seg_00000.ts``), which only work
+where the playlists themselves are served from. So the API serves them, rewritten:
+
+* the master playlist: each variant URI becomes the API URL of that rendition's media playlist;
+* a media playlist: each segment URI (and any ``URI="..."`` attribute: init sections, keys)
+  becomes a presigned S3 GET URL that expires.
+
+The browser then fetches the segments from S3 itself, cross-origin: the page's ``<video
+crossorigin>`` needs the S3 server to answer CORS (MinIO does for any origin by default; on AWS
+put a CORS rule on the renditions bucket), and the presigned host must be one the browser reaches.
+
+Nothing here lets a client name an object: every key is resolved from the job's manifest and must
+stay under the job's own prefix. The rewritten playlists carry expiring URLs, so they are served
+with ``Cache-Control: no-store`` and fetched again on the next play.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from urllib.parse import quote, urlsplit
+
+from encodeq.manifest import JobStore, Manifest
+from encodeq.storage import RENDITIONS, Storage, parse_uri
+
+#: A segment URL lives at least this long; longer for long videos (see ``segment_expiry``).
+MIN_EXPIRY = timedelta(hours=1)
+#: S3's upper bound for a presigned URL (SigV4).
+MAX_EXPIRY = timedelta(days=7)
+_URI_ATTRIBUTE = re.compile(r'URI="([^"]*)"')
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+MPEGURL = "application/vnd.apple.mpegurl"
+
+
+class PlaybackError(Exception):
+    """The job cannot be played (yet): ``status`` and ``code`` go into the JSON error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def segment_expiry(duration_s: float | None) -> timedelta:
+    """Long enough to watch the whole video twice over (pauses), never under an hour."""
+    wanted = timedelta(seconds=2 * (duration_s or 0) + 600)
+    return min(max(wanted, MIN_EXPIRY), MAX_EXPIRY)
+
+
+def resolve(playlist_key: str, uri: str, prefix: str) -> str:
+    """The object key a playlist's relative ``uri`` names; it must stay under ``prefix``."""
+    if urlsplit(uri).scheme or uri.startswith("/"):
+        raise PlaybackError(500, "bad_playlist", f"playlist names an absolute URI: {uri!r}")
+    key = posixpath.normpath(posixpath.join(posixpath.dirname(playlist_key), uri))
+    if not key.startswith(prefix) or ".." in key.split("/"):
+        raise PlaybackError(500, "bad_playlist", f"playlist URI leaves the job: {uri!r}")
+    return key
+
+
+def rewrite(text: str, replace: Callable[[str], str]) -> str:
+    """Apply ``replace`` to every URI of an HLS playlist: URI lines and ``URI="..."`` attributes."""
+    lines = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            lines.append("")
+        elif line.startswith("#"):
+            lines.append(_URI_ATTRIBUTE.sub(lambda m: f'URI="{replace(m.group(1))}"', line))
+        else:
+            lines.append(replace(line))
+    return "\n".join(lines) + "\n"
+
+
+class Playback:
+    """Rewritten playlists of completed jobs."""
+
+    def __init__(self, storage: Storage, api_prefix: str = "/api/jobs") -> None:
+        self.storage = storage
+        self.jobs = JobStore(storage)
+        self.api_prefix = api_prefix
+
+    def media_url(self, job_id: str, rendition: str) -> str:
+        return f"{self.api_prefix}/{job_id}/hls/{quote(rendition)}/index.m3u8"
+
+    def master_url(self, job_id: str) -> str:
+        return f"{self.api_prefix}/{job_id}/hls/master.m3u8"
+
+    def _completed(self, job_id: str) -> Manifest:
+        manifest = self.jobs.load(job_id) if JOB_ID.match(job_id) else None
+        if manifest is None:
+            raise PlaybackError(404, "unknown_job", f"no job {job_id}")
+        if manifest.state != "completed" or not manifest.master_playlist:
+            raise PlaybackError(
+                409, "not_playable", f"job {job_id} is {manifest.state}, not completed"
+            )
+        return manifest
+
+    def _text(self, uri: str) -> tuple[str, str]:
+        """(key, text) of a playlist in the renditions bucket."""
+        bucket, key = parse_uri(uri)
+        if bucket != self.storage.bucket(RENDITIONS):
+            raise PlaybackError(500, "bad_playlist", f"playlist outside the renditions: {uri}")
+        data = self.storage.get_bytes(RENDITIONS, key)
+        if data is None:
+            raise PlaybackError(404, "missing_playlist", f"{uri} does not exist")
+        return key, data.decode("utf-8")
+
+    def master(self, job_id: str) -> str:
+        """The master playlist with each variant pointing at our media playlist endpoint."""
+        manifest = self._completed(job_id)
+        assert manifest.master_playlist is not None
+        key, text = self._text(manifest.master_playlist)
+        by_key = {
+            parse_uri(r.playlist)[1]: r.name for r in manifest.renditions if r.playlist is not None
+        }
+
+        def variant(uri: str) -> str:
+            name = by_key.get(resolve(key, uri, f"{job_id}/"))
+            if name is None:
+                raise PlaybackError(500, "bad_playlist", f"master names no rendition: {uri!r}")
+            return self.media_url(job_id, name)
+
+        return rewrite(text, variant)
+
+    def media(self, job_id: str, rendition: str) -> str:
+        """One rendition's playlist with each segment a presigned URL."""
+        manifest = self._completed(job_id)
+        found = [r for r in manifest.renditions if r.name == rendition and r.playlist]
+        if not found:
+            raise PlaybackError(404, "unknown_rendition", f"job {job_id} has no {rendition!r}")
+        assert found[0].playlist is not None
+        key, text = self._text(found[0].playlist)
+        expires = segment_expiry(found[0].duration or manifest.source.duration)
+        prefix = posixpath.dirname(key) + "/"
+
+        def presign(uri: str) -> str:
+            return self.storage.presigned_url(RENDITIONS, resolve(key, uri, prefix), expires)
+
+        return rewrite(text, presign)

@@ -1,0 +1,382 @@
+// encodeq dashboard: uploads, live jobs (server-sent events), queues, workers, DLQ, playback.
+// Manifests (GET /api/jobs) are the truth; events only move things along between two reads.
+"use strict";
+
+const QUEUE_COLOURS = { "encodeq.control": "#0891b2", "encodeq.encode": "#2563eb", "encodeq.dlq": "#dc2626" };
+const JOBS_EVERY_MS = 5000;
+const DLQ_EVERY_MS = 4000;
+const HISTORY = 180;
+
+const state = {
+  config: { max_upload_bytes: Infinity, token_required: false, queues: [] },
+  jobs: new Map(), // job_id -> manifest (with live progress folded in)
+  history: [], // queue depth samples
+};
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function token() {
+  return $("#token").value.trim();
+}
+
+function authHeaders() {
+  const t = token();
+  return t ? { Authorization: `Bearer ${t}` } : {};
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (e) {
+    body = null;
+  }
+  if (!response.ok) {
+    const err = (body && body.error) || { code: String(response.status), message: response.statusText };
+    throw Object.assign(new Error(err.message), { code: err.code, status: response.status });
+  }
+  return body;
+}
+
+// --- uploads ----------------------------------------------------------------------------------
+function uploadFile(file) {
+  const bar = el("progress", { max: "100", value: "0" });
+  const status = el("span", { class: "status", text: "uploading…" });
+  $("#uploads").prepend(el("li", { "data-upload": file.name }, el("span", { text: file.name }), bar, status));
+  if (file.size > state.config.max_upload_bytes) {
+    status.textContent = `too large: the limit is ${state.config.max_upload_bytes} bytes`;
+    status.classList.add("error");
+    return;
+  }
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", "/api/uploads");
+  for (const [key, value] of Object.entries(authHeaders())) xhr.setRequestHeader(key, value);
+  xhr.upload.onprogress = (e) => {
+    if (e.lengthComputable) bar.value = Math.round((e.loaded / e.total) * 100);
+  };
+  xhr.upload.onload = () => { status.textContent = "storing…"; };
+  xhr.onload = () => {
+    let body = null;
+    try { body = JSON.parse(xhr.responseText); } catch (e) { body = null; }
+    if (xhr.status === 202 && body) {
+      bar.value = 100;
+      status.textContent = `queued as ${body.job_id}`;
+      mergeJob(body);
+      renderJobs();
+    } else {
+      const err = (body && body.error) || { message: `HTTP ${xhr.status}` };
+      status.textContent = `refused: ${err.message}`;
+      status.classList.add("error");
+    }
+  };
+  xhr.onerror = () => {
+    status.textContent = "upload failed (connection closed)";
+    status.classList.add("error");
+  };
+  xhr.send(form);
+}
+
+function setupUpload() {
+  const input = $("#file");
+  input.addEventListener("change", () => {
+    for (const file of input.files) uploadFile(file);
+    input.value = "";
+  });
+  const drop = $("#drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    for (const file of e.dataTransfer.files) uploadFile(file);
+  });
+  const saved = localStorage.getItem("encodeq-token");
+  if (saved) $("#token").value = saved;
+  $("#token").addEventListener("change", () => localStorage.setItem("encodeq-token", token()));
+}
+
+// --- jobs -------------------------------------------------------------------------------------
+function mergeJob(manifest) {
+  const known = state.jobs.get(manifest.job_id);
+  if (known) {
+    // A record is written every few seconds; a progress event may be ahead of it.
+    const before = new Map(known.renditions.map((r) => [r.name, r]));
+    for (const r of manifest.renditions) {
+      const old = before.get(r.name);
+      if (old && r.state === "encoding" && old.state === "encoding") {
+        r.progress = Math.max(r.progress, old.progress || 0);
+        r.fps = r.fps ?? old.fps;
+        r.speed = r.speed ?? old.speed;
+      }
+    }
+  }
+  state.jobs.set(manifest.job_id, manifest);
+}
+
+async function refreshJobs() {
+  try {
+    const body = await api("/api/jobs?limit=50");
+    for (const manifest of body.jobs) mergeJob(manifest);
+    renderJobs();
+  } catch (e) {
+    console.warn("jobs", e);
+  }
+}
+
+async function refreshJob(jobId) {
+  try {
+    mergeJob(await api(`/api/jobs/${jobId}`));
+    renderJobs();
+  } catch (e) {
+    console.warn("job", jobId, e);
+  }
+}
+
+function renditionLine(r) {
+  const pct = Math.max(0, Math.min(100, Math.round(r.state === "completed" ? 100 : r.progress || 0)));
+  const who = [r.worker || "", r.fps ? `${Math.round(r.fps)} fps` : "", r.speed ? `${r.speed.toFixed(1)}x` : ""]
+    .filter(Boolean).join(" · ");
+  return el(
+    "div", { class: "rendition", "data-rendition": r.name, "data-rendition-state": r.state },
+    el("span", { text: r.name }),
+    el("progress", { max: "100", value: String(pct), "data-progress": String(pct) }),
+    el("span", { text: `${pct}%` }),
+    el("span", { class: "who", text: who || r.state, title: r.worker || "" }),
+  );
+}
+
+function jobRow(job) {
+  const row = el("tr", { "data-job-id": job.job_id, "data-state": job.state });
+  row.append(el("td", { class: "id" }, el("div", { text: job.job_id.slice(0, 12) }),
+    el("div", { class: "muted", text: job.source.filename })));
+  row.append(el("td", {}, el("span", { class: `state ${job.state}`, text: job.state })));
+  const cell = el("td", {});
+  for (const r of job.renditions) cell.append(renditionLine(r));
+  if (!job.renditions.length && !job.error) cell.append(el("span", { class: "muted", text: "waiting for the probe" }));
+  if (job.error) cell.append(el("div", { class: "error", text: `${job.error.code}: ${job.error.message}` }));
+  row.append(cell);
+  const actions = el("td", {});
+  if (job.state === "completed") {
+    const play = el("button", { "data-action": "play", text: "play" });
+    play.addEventListener("click", () => playJob(job));
+    actions.append(play);
+  }
+  row.append(actions);
+  return row;
+}
+
+function renderJobs() {
+  const body = $("#job-rows");
+  const jobs = [...state.jobs.values()].sort((a, b) => (a.created_at < b.created_at ? 1 : -1)).slice(0, 50);
+  const old = new Map([...body.children].map((tr) => [tr.dataset.jobId, tr]));
+  const rows = jobs.map((job) => {
+    const fresh = jobRow(job);
+    const previous = old.get(job.job_id);
+    return previous && previous.outerHTML === fresh.outerHTML ? previous : fresh;
+  });
+  body.replaceChildren(...rows);
+  $("#no-jobs").hidden = jobs.length > 0;
+}
+
+function applyEvent(event) {
+  const job = state.jobs.get(event.job_id);
+  if (event.event === "rendition.progress" || event.event === "rendition.started") {
+    if (!job) return refreshJob(event.job_id);
+    let r = job.renditions.find((x) => x.name === event.rendition);
+    if (!r) return refreshJob(event.job_id);
+    r.state = "encoding";
+    r.worker = event.worker || r.worker;
+    if (event.event === "rendition.started") r.progress = 0;
+    else {
+      r.progress = Math.max(r.progress || 0, event.progress || 0);
+      r.fps = event.fps;
+      r.speed = event.speed;
+    }
+    if (job.state !== "encoding") job.state = "encoding";
+    renderJobs();
+  } else if (event.event && event.event.startsWith("job.") || event.event === "rendition.completed") {
+    refreshJob(event.job_id);
+    if (event.event === "job.failed") setTimeout(refreshDlq, 500);
+  }
+}
+
+// --- playback ---------------------------------------------------------------------------------
+function playJob(job) {
+  const video = $("#video");
+  $("#player").hidden = false;
+  $("#player-title").textContent = `${job.source.filename} (${job.job_id.slice(0, 12)})`;
+  video.dataset.jobId = job.job_id;
+  if (!video.canPlayType("application/vnd.apple.mpegurl")) {
+    $("#player-note").textContent = "This browser does not play HLS natively; the master playlist is at "
+      + `/api/jobs/${job.job_id}/hls/master.m3u8`;
+  } else {
+    $("#player-note").textContent = "Segments come straight from object storage through presigned URLs.";
+  }
+  video.src = `/api/jobs/${job.job_id}/hls/master.m3u8`;
+  video.play().catch((e) => { $("#player-note").textContent = `cannot play: ${e.message}`; });
+  $("#player").scrollIntoView({ block: "nearest" });
+}
+
+// --- queues and workers -----------------------------------------------------------------------
+function addSample(sample) {
+  state.history.push(sample);
+  if (state.history.length > HISTORY) state.history.splice(0, state.history.length - HISTORY);
+  drawQueues();
+}
+
+function drawQueues() {
+  const canvas = $("#queue-chart");
+  const ctx = canvas.getContext("2d");
+  const { width, height } = canvas;
+  ctx.clearRect(0, 0, width, height);
+  const names = state.config.queues;
+  const samples = state.history;
+  const top = Math.max(4, ...samples.flatMap((s) => names.map((n) => s[n] || 0)));
+  ctx.strokeStyle = "#e3e6eb";
+  ctx.beginPath();
+  ctx.moveTo(0, height - 0.5);
+  ctx.lineTo(width, height - 0.5);
+  ctx.stroke();
+  ctx.fillStyle = "#6b7280";
+  ctx.font = "10px sans-serif";
+  ctx.fillText(String(top), 2, 10);
+  for (const name of names) {
+    ctx.strokeStyle = QUEUE_COLOURS[name] || "#999";
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    samples.forEach((s, i) => {
+      const x = width - ((samples.length - 1 - i) / (HISTORY - 1)) * width; // newest on the right
+      const y = height - 2 - ((s[name] || 0) / top) * (height - 14);
+      if (i === 0) ctx.moveTo(x, y);
+      else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  }
+  const last = samples[samples.length - 1] || {};
+  const legend = $("#queue-now");
+  legend.replaceChildren(...names.map((n) => el("li", { "data-queue": n, "data-depth": String(last[n] ?? "") },
+    el("i", { style: `background:${QUEUE_COLOURS[n] || "#999"}` }),
+    `${n}: ${last[n] ?? "–"}`)));
+}
+
+let workersPending = false;
+async function refreshWorkers() {
+  if (workersPending) return;
+  workersPending = true;
+  try {
+    const body = await api("/api/workers");
+    const list = $("#worker-list");
+    if (!body.workers.length) {
+      list.replaceChildren(el("li", { class: "muted", text: "none seen yet" }));
+    } else {
+      list.replaceChildren(...body.workers.map((w) => el("li", { "data-worker": w.name },
+        el("div", { class: "name", text: w.name }),
+        el("div", { class: "muted", text: `${w.doing || "idle"} · ${w.tasks_done} done` }))));
+    }
+  } catch (e) {
+    console.warn("workers", e);
+  } finally {
+    setTimeout(() => { workersPending = false; }, 1000);
+  }
+}
+
+// --- the DLQ ----------------------------------------------------------------------------------
+async function refreshDlq() {
+  try {
+    const body = await api("/api/dlq");
+    const rows = body.messages.map(dlqRow);
+    $("#dlq-rows").replaceChildren(...rows);
+    $("#dlq-count").textContent = `(${body.messages.length} in ${body.queue})`;
+  } catch (e) {
+    $("#dlq-note").textContent = `cannot read the DLQ: ${e.message}`;
+  }
+}
+
+function dlqRow(m) {
+  const exception = m.exc_type ? `${m.exc_type}: ${m.error || ""}` : m.why;
+  const detail = el("details", {}, el("summary", { text: exception }));
+  if (m.traceback_tail) detail.append(el("pre", { text: m.traceback_tail }));
+  const replay = el("button", { "data-action": "replay", text: "replay" });
+  replay.addEventListener("click", () => dlqAction(m.id, "replay", replay));
+  const purge = el("button", { "data-action": "purge", text: "purge" });
+  purge.addEventListener("click", () => {
+    if (confirm(`Purge ${m.id}? It is exported to a file first.`)) dlqAction(m.id, "purge", purge);
+  });
+  return el("tr", { "data-dlq-id": m.id, "data-dlq-job": m.job_id || "", "data-reason": m.reason },
+    el("td", { class: "id", text: m.id }),
+    el("td", { text: m.task || "–" }),
+    el("td", { class: "id", text: (m.job_id || "–").slice(0, 12) }),
+    el("td", { text: m.code ? `${m.reason} (${m.code})` : m.reason }),
+    el("td", {}, detail),
+    el("td", { text: m.died_at ? new Date(m.died_at).toLocaleTimeString() : "–" }),
+    el("td", { text: String(m.replays) }),
+    el("td", {}, replay, " ", purge));
+}
+
+async function dlqAction(id, action, button) {
+  button.disabled = true;
+  try {
+    const result = await api(`/api/dlq/${id}/${action}`, { method: "POST", headers: authHeaders() });
+    $("#dlq-note").textContent = action === "replay"
+      ? `replayed ${id} -> ${Object.keys(result.targets).join(", ")}`
+      : `purged ${id} (exported to ${result.export})`;
+  } catch (e) {
+    $("#dlq-note").textContent = `${action} ${id}: ${e.message}`;
+    button.disabled = false;
+  }
+  refreshDlq();
+}
+
+// --- events -----------------------------------------------------------------------------------
+function connectEvents() {
+  const live = $("#live");
+  const source = new EventSource("/api/events");
+  source.onopen = () => { live.dataset.live = "true"; live.textContent = "live"; };
+  source.onerror = () => { live.dataset.live = "false"; live.textContent = "reconnecting…"; };
+  source.onmessage = (message) => {
+    const event = JSON.parse(message.data);
+    if (event.event === "queues") return addSample(event);
+    if (event.event === "hello") return;
+    applyEvent(event);
+    if (event.worker) refreshWorkers();
+  };
+}
+
+async function start() {
+  setupUpload();
+  try {
+    state.config = await api("/api/config");
+  } catch (e) {
+    console.warn("config", e);
+  }
+  $("#token-row").hidden = !state.config.token_required;
+  connectEvents();
+  try {
+    const queues = await api("/api/queues");
+    for (const sample of queues.history.slice(-HISTORY)) state.history.push(sample);
+    drawQueues();
+  } catch (e) {
+    console.warn("queues", e);
+  }
+  await Promise.all([refreshJobs(), refreshWorkers(), refreshDlq()]);
+  setInterval(refreshJobs, JOBS_EVERY_MS);
+  setInterval(refreshDlq, DLQ_EVERY_MS);
+  document.body.dataset.ready = "true";
+}
+
+start();
