@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     s3_access_key: str = "minioadmin"
     s3_secret_key: str = "minioadmin"
     s3_region: str = "us-east-1"
+    #: Where a browser or player reaches S3, when that differs from ``s3_endpoint`` (in compose
+    #: the services say ``minio:9000``, the host says ``localhost:9000``). Used only to presign.
+    s3_public_endpoint: str = ""
     #: Prepended to every bucket name, so test runs (and tenants) never see each other's objects.
     bucket_prefix: str = ""
 

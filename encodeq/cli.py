@@ -1,4 +1,4 @@
-"""The ``encodeq`` command: worker, upload, status, jobs, dlq, demo."""
+"""The ``encodeq`` command: worker, upload, status, jobs, dlq, demo, watch, serve."""
 
 from __future__ import annotations
 
@@ -185,6 +185,53 @@ def demo(
     from encodeq.demo import run_demo
 
     raise typer.Exit(run_demo(workers=workers, keep=keep, console=out))
+
+
+@app.command()
+def watch(
+    job_id: Annotated[str | None, typer.Argument(metavar="[JOB]", help="Only this job.")] = None,
+    until_done: Annotated[
+        bool, typer.Option(help="Exit when the job (or every job in flight) ended: 0 completed.")
+    ] = False,
+    once: Annotated[bool, typer.Option(help="Print the current state once and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final state as JSON.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+) -> None:
+    """Live view: per job one bar per rendition (worker, fps, speed), queue depths, workers."""
+    from encodeq.watch import run_watch
+    from worker.app import app as celery_app
+
+    if job_id is not None and not job_id.isalnum():
+        fail(f"no job {job_id!r}", code=1)
+    with celery_app.connection_for_read() as connection:
+        code = run_watch(
+            connection,
+            JobStore(Storage()),
+            job_id,
+            err if as_json else out,
+            until_done=until_done,
+            once=once,
+            as_json=as_json,
+            timeout_s=timeout,
+        )
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless a token is set).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """The HTTP API and live dashboard: uploads, jobs, events, playback, the DLQ."""
+    from uploader.web.server import ServeError
+    from uploader.web.server import serve as run_server
+
+    try:
+        run_server(host, port)
+    except ServeError as exc:
+        fail(str(exc))
 
 
 @app.callback()
