@@ -151,20 +151,25 @@ def test_poison_input_does_not_block_other_jobs(workers, media_dir) -> None:
 
 def test_warm_shutdown_finishes_the_task_in_hand(workers, media_dir) -> None:
     leaving = workers.start("leaving")
-    source = make_video(media_dir / "warm.mp4", 640, 360, duration=20)
+    staying = workers.start("staying")
+    first = make_video(media_dir / "warm1.mp4", 426, 240, duration=20)
+    second = make_video(media_dir / "warm2.mp4", 426, 240, duration=4)
     with Events() as events:
-        job_id = upload(source)
+        first_id = upload(first)
         started = events.wait(lambda e: e["event"] == "rendition.started" and
-                              e["job_id"] == job_id, 60, "the first encode")  # fmt: skip
-        staying = workers.start("staying")
-        assert leaving.terminate(timeout=120) == 0  # SIGTERM: finish, ack, exit
-    manifest = wait_for_job(job_id, timeout=120)
-    assert manifest.state == "completed"
-    by_name = {r.name: r.worker for r in manifest.renditions}
-    assert by_name[started["rendition"]].startswith("leaving@")
-    assert any(w.startswith("staying@") for w in by_name.values())
-    assert staying.proc.poll() is None
-    assert_renditions_exactly_once(job_id)
+                              e["job_id"] == first_id, 60, "the first encode")  # fmt: skip
+        victim = leaving if started["worker"].startswith("leaving@") else staying
+        survivor = staying if victim is leaving else leaving
+        victim.proc.send_signal(signal.SIGTERM)  # warm shutdown: finish, ack, take nothing new
+        second_id = upload(second)
+        assert victim.proc.wait(timeout=120) == 0
+    [rendition] = wait_for_job(first_id, timeout=120).renditions
+    assert rendition.worker.startswith(f"{victim.name}@")  # finished by the one shutting down
+    [later] = wait_for_job(second_id, timeout=120).renditions
+    assert later.worker.startswith(f"{survivor.name}@")
+    assert survivor.proc.poll() is None
+    for job_id in (first_id, second_id):
+        assert_renditions_exactly_once(job_id)
 
 
 def test_storage_outage_past_the_budget_then_replay_completes(workers, media_dir) -> None:
