@@ -9,7 +9,6 @@ Everything it starts is stopped again, on success, on errors and on Ctrl-C.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -55,7 +54,6 @@ DLQ_WAIT_S = 20.0
 #: Warm shutdown lets a worker finish the task in hand; after this it is killed (process group).
 WORKER_STOP_TIMEOUT_S = 20.0
 #: Peeking holds every DLQ message unacked at once; a DLQ bigger than this is sampled.
-DLQ_PEEK_LIMIT = 10_000
 
 
 class DemoError(Exception):
@@ -346,55 +344,26 @@ def _wait_for_consumers(broker: Connection, expected: int, fleet: list[DemoWorke
         time.sleep(0.25)
 
 
-def peek_dlq(broker: Connection) -> list[Any]:
-    """Every DLQ message, looked at without consuming or reordering: each is held unacked, then
-    the channel is closed and RabbitMQ puts them back in order. The DLQ is a classic queue, so no
-    delivery count grows and nothing can be dropped by looking."""
-    channel = broker.channel()
-    found: list[Any] = []
-    try:
-        while len(found) < DLQ_PEEK_LIMIT:
-            message = channel.basic_get(DEAD_LETTER_QUEUE_NAME, no_ack=False)
-            if message is None:
-                break
-            found.append(message)
-    finally:
-        channel.close()
-    return found
-
-
-def _job_of(message: Any) -> str | None:
-    """The job a Celery task message is about: its first positional argument."""
-    try:
-        args = json.loads(message.body)[0]
-    except (ValueError, TypeError, KeyError, IndexError):
-        return None
-    return args[0] if args and isinstance(args[0], str) else None
-
-
 def _dead_letters(
     broker: Connection, storage: Storage, job_ids: list[str]
 ) -> tuple[list[DeadLetter], int]:
-    """This demo's dead letters, and how many other messages the DLQ holds."""
-    mine: list[DeadLetter] = []
-    messages = peek_dlq(broker)
-    for message in messages:
-        job_id = _job_of(message)
-        if job_id not in job_ids:
-            continue
-        headers = message.headers or {}
-        death = (headers.get("x-death") or [{}])[0]
-        task_id = str(headers.get("id") or "")
-        mine.append(
-            DeadLetter(
-                job_id=job_id,
-                task=str(headers.get("task") or "?"),
-                task_id=task_id,
-                reason=str(death.get("reason") or "?"),
-                queue=str(death.get("queue") or "?"),
-                record=load_failure(storage, task_id) if task_id else None,
-            )
+    """This demo's dead letters, and how many other messages the DLQ holds. Looked at with the
+    DLQ inspector's own peek, which leaves every message in place and in order."""
+    from dlq_inspector.browse import peek
+
+    messages = peek(broker, DEAD_LETTER_QUEUE_NAME)
+    mine = [
+        DeadLetter(
+            job_id=m.job_id,
+            task=m.task or "?",
+            task_id=m.key,
+            reason=m.reason,
+            queue=m.died_in,
+            record=load_failure(storage, m.key),
         )
+        for m in messages
+        if m.job_id in job_ids
+    ]
     return mine, len(messages) - len(mine)
 
 
