@@ -165,24 +165,33 @@ class WorkerFleet:
     def __init__(self) -> None:
         self.workers: list[Worker] = []
 
-    def start(self, name: str, concurrency: int = 1, env: dict[str, str] | None = None) -> Worker:
-        """``encodeq worker`` as compose runs it; returns once it consumes from the work queues."""
+    def start(
+        self,
+        name: str,
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+    ) -> Worker:
+        """``encodeq worker`` as compose runs it (or ``argv`` exactly as given, e.g. compose's own
+        command line); returns once it consumes from both work queues."""
         url = (env or {}).get("ENCODEQ_BROKER_URL")
-        before = consumers(url=url)
+        queues = (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME)
+        before = {queue: consumers(queue, url) for queue in queues}
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"encodeq-worker-{name}-{os.getpid()}.log"
+        argv = argv or ["encodeq", "worker", "--concurrency", str(concurrency),
+                        "--hostname", f"{name}@%h", "--loglevel", "INFO"]  # fmt: skip
+        program = ENCODEQ[0] if argv[0] == "encodeq" else (shutil.which(argv[0]) or argv[0])
         proc = subprocess.Popen(
-            [*ENCODEQ, "worker", "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
-             "--loglevel", "INFO"],
-            stdout=log.open("w"), stderr=subprocess.STDOUT,
+            [program, *argv[1:]], stdout=log.open("w"), stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})}, start_new_session=True,
         )  # fmt: skip
         worker = Worker(name, proc, log)
         self.workers.append(worker)
-        wait_for(
-            lambda: consumers(url=url) > before or proc.poll() is not None,
-            60,
-            f"worker {name} to start",
-        )
+
+        def consuming() -> bool:
+            return proc.poll() is not None or all(consumers(q, url) > n for q, n in before.items())
+
+        wait_for(consuming, 60, f"worker {name} to consume from the work queues")
         if proc.poll() is not None:
             raise AssertionError(f"worker {name} exited:\n{worker.output()[-3000:]}")
         return worker
@@ -237,49 +246,12 @@ __all__ = [
 ]
 
 
-# --- any worker command line (compose's, say) ----------------------------------------------------
-def start_worker_command(
-    fleet: WorkerFleet, name: str, argv: list[str], env: dict[str, str] | None = None
-) -> Worker:
-    """Run ``argv`` (an ``encodeq worker ...`` command line exactly as given, e.g. the one
-    docker-compose.yml runs) in the fleet; returns once it consumes from both work queues.
-
-    ``argv[0]`` is looked up on PATH like a shell would; nothing is added to the command."""
-    before = {queue: consumers(queue) for queue in (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME)}
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"encodeq-worker-{name}-{os.getpid()}.log"
-    program = ENCODEQ[0] if argv[0] == "encodeq" else (shutil.which(argv[0]) or argv[0])
-    proc = subprocess.Popen(
-        [program, *argv[1:]],
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})}, start_new_session=True,
-    )  # fmt: skip
-    worker = Worker(name, proc, log)
-    fleet.workers.append(worker)
-
-    def consuming() -> bool:
-        return proc.poll() is not None or all(consumers(q) > n for q, n in before.items())
-
-    wait_for(consuming, 60, f"worker {name} to consume from the work queues")
-    if proc.poll() is not None:
-        raise AssertionError(f"worker {name} exited:\n{worker.output()[-3000:]}")
-    return worker
-
-
 # --- the DLQ inspector (tests/test_dlq_*.py) -----------------------------------------------------
-#: This checkout: subprocesses import its code even when the editable install points elsewhere.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def repo_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
-
-
 def dlq(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Any:
     """``encodeq dlq ...`` as a user runs it, stdin not a terminal."""
     return subprocess.run(
         [*ENCODEQ, "dlq", *args], capture_output=True, text=True, timeout=timeout,
-        env=repo_env(env), stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
 

@@ -31,7 +31,6 @@ from support import (
     consumers,
     encodeq,
     make_video,
-    start_worker_command,
     wait_for,
 )
 
@@ -333,7 +332,7 @@ def test_compose_binary_validates_the_file_offline() -> None:
 def compose_worker(services: dict):
     """The compose worker's command, exactly as the container runs it, here."""
     fleet = WorkerFleet()
-    worker = start_worker_command(fleet, "compose", argv(services["worker"]))
+    worker = fleet.start("compose", argv=argv(services["worker"]))
     yield worker
     fleet.stop_all()
 
@@ -367,7 +366,7 @@ def test_compose_worker_stops_warm_within_its_grace_period(services: dict) -> No
     worker_service = services["worker"]
     fleet = WorkerFleet()
     try:
-        worker = start_worker_command(fleet, "compose-stop", argv(worker_service))
+        worker = fleet.start("compose-stop", argv=argv(worker_service))
         before = consumers(ENCODE_QUEUE_NAME)
         worker.proc.send_signal(getattr(signal, worker_service.get("stop_signal", "SIGTERM")))
         returncode = worker.proc.wait(timeout=60)

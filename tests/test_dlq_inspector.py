@@ -22,7 +22,6 @@ from support import (
     dlq_messages,
     encodeq,
     make_video,
-    repo_env,
     storage,
     wait_for,
     wait_for_job,
@@ -37,7 +36,7 @@ def fleet():
     from support import WorkerFleet
 
     fleet = WorkerFleet()
-    fleet.start("dlq-alpha", env={"PYTHONPATH": repo_env()["PYTHONPATH"]})
+    fleet.start("dlq-alpha")
     yield fleet
     fleet.stop_all()
 

@@ -22,7 +22,6 @@ from support import (
     origin_queue,
     queue_messages,
     queue_state,
-    repo_env,
     wait_for,
 )
 
@@ -147,7 +146,7 @@ def test_replay_killed_midway_loses_nothing() -> None:
     ids = _fill(task, origin, 3000)
     proc = subprocess.Popen(
         [*ENCODEQ, "dlq", "replay", "--task", task, "--to", side, "--rate", "1500"],
-        env=repo_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     wait_for(lambda: queue_state(side)[0] >= 1200, 60, "the replay to be under way")
@@ -174,7 +173,7 @@ def test_ctrl_c_stops_cleanly_with_nothing_lost_or_doubled() -> None:
     ids = _fill(task, origin, 1500)
     proc = subprocess.Popen(
         [*ENCODEQ, "dlq", "replay", "--task", task, "--to", side, "--rate", "1000", "--json"],
-        env=repo_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_for(lambda: queue_state(side)[0] >= 200, 60, "the replay to be under way")

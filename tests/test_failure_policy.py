@@ -155,9 +155,12 @@ def s3_proxy():
 def test_storage_outage_is_retried_through_delayed_delivery_then_completes(
     workers, s3_proxy, media_dir
 ) -> None:
-    # The worker reaches S3 only through the proxy; jitter off so every countdown is >= 1 s.
+    # The worker reaches S3 only through the proxy; jitter off so every countdown is the same.
+    # The first countdown is 6 s: long enough to look at the queues while the retry waits.
     workers.start("flaky", env={"ENCODEQ_S3_ENDPOINT": s3_proxy.endpoint,
                                 "ENCODEQ_RETRY_JITTER": "false",
+                                "ENCODEQ_RETRY_BACKOFF_S": "6",
+                                "ENCODEQ_RETRY_BACKOFF_MAX_S": "6",
                                 "ENCODEQ_MAX_RETRIES": "6"})  # fmt: skip
     s3_proxy.cut()
     job_id = upload(make_video(media_dir / "outage.mp4", 320, 180, duration=2))
