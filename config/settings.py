@@ -55,6 +55,22 @@ class Settings(BaseSettings):
     #: Where workers keep local copies of sources and outputs while they work.
     work_dir: str = ""
 
+    # --- chunk-parallel encoding (worker/chunking.py, worker/joining.py, worker/seams.py) ------
+    #: Target chunk length; rounded up to a multiple of ``segment_seconds`` so every chunk
+    #: boundary is also an HLS segment boundary (keyframes stay aligned across rungs).
+    chunk_seconds: int = 60
+    #: Sources at least this long default to chunked mode (bench/bench_chunked.py: where it wins);
+    #: shorter ones stay per-rung. ``encodeq upload --mode`` overrides.
+    chunked_min_duration_s: float = 120.0
+    #: A chunk running longer than this many times the median of its finished siblings (and at
+    #: least ``straggler_min_s``) is offered to a second worker; the first result wins.
+    straggler_factor: float = 3.0
+    straggler_min_s: float = 30.0
+    #: How often the chunk watchdog looks for stragglers (whole seconds: a Celery countdown).
+    straggler_check_s: int = 10
+    #: Audio and video durations of a joined rendition may differ by this much (plus a frame).
+    seam_av_tolerance_s: float = 0.1
+
     # --- retry policy (config/retry_policy.py) ---------------------------------------------
     max_retries: int = 4
     #: First backoff step in seconds; doubled each retry, capped, then fully jittered.

@@ -32,6 +32,15 @@ TASK_ROUTES: dict[str, tuple[str, str]] = {
     "encodeq.probe": (CONTROL_QUEUE_NAME, "control"),
     "encodeq.finalize": (CONTROL_QUEUE_NAME, "control"),
     "encodeq.encode": (ENCODE_QUEUE_NAME, "encode"),
+    # Chunked mode routes everything to the encode queue, the light joins and the straggler
+    # watchdog too, on purpose: prefetch is per consumer on quorum queues, so a worker stuck in an
+    # encode holds its one encode delivery and can take no other from that queue, but its control
+    # consumer still has a free slot and would swallow (hold unexecuted) a control message: the
+    # watchdog meant to rescue its chunk, or a join. (Chunked joins send finalize there too.)
+    "encodeq.encode_chunk": (ENCODE_QUEUE_NAME, "encode"),
+    "encodeq.encode_audio": (ENCODE_QUEUE_NAME, "encode"),
+    "encodeq.join": (ENCODE_QUEUE_NAME, "encode"),
+    "encodeq.watch_chunks": (ENCODE_QUEUE_NAME, "encode"),
 }
 
 

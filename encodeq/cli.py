@@ -82,12 +82,21 @@ def upload(
     wait: Annotated[bool, typer.Option(help="Follow the jobs until they end.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest(s) as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="chunked (chunks on many workers, every rung from one decode) or per-rung "
+            "(one task per rung); default: chunked for long sources."
+        ),
+    ] = None,
 ) -> None:
     """Upload videos and start their jobs; prints job ids. With --wait: exit 0 when every job
     completed, 1 when any failed (or the timeout passed)."""
     from uploader.follow import follow
     from uploader.submit import SubmitError, check_file, submit
 
+    if mode not in (None, "chunked", "per-rung"):
+        fail(f"--mode must be chunked or per-rung, not {mode!r}")
     for path in paths:  # refuse before anything is uploaded
         try:
             check_file(path)
@@ -101,7 +110,8 @@ def upload(
     ) as bars:
         for path in paths:
             try:
-                manifest = submit(path, storage, progress=_UploadBar(bars, f"upload {path.name}"))
+                bar = _UploadBar(bars, f"upload {path.name}")
+                manifest = submit(path, storage, progress=bar, mode=mode)  # type: ignore[arg-type]
             except SubmitError as exc:
                 fail(str(exc))
             submitted.append(manifest)

@@ -17,6 +17,9 @@ from encodeq.storage import JOBS, Storage
 
 JobState = Literal["queued", "probing", "encoding", "completed", "failed"]
 RenditionState = Literal["pending", "encoding", "completed", "failed"]
+#: per-rung: one task per rung decodes the whole source; chunked: one task per chunk decodes it
+#: once for every rung, then a join per rung.
+EncodeMode = Literal["chunked", "per-rung"]
 
 
 def now_iso() -> str:
@@ -44,6 +47,59 @@ class SourceInfo(BaseModel):
     video_codec: str | None = None
     container: str | None = None
     frame_rate: float | None = None
+    #: Video frames (packets) of the source, counted when it is split into chunks.
+    frames: int | None = None
+
+
+class SeamCheck(BaseModel):
+    """The seam quality control of one joined rendition (worker/seams.py)."""
+
+    passed: bool
+    frames: int
+    expected_frames: int
+    #: Chunk boundaries checked, and the largest deviation of a frame interval there from the
+    #: nominal frame duration (seconds).
+    seams: int
+    max_seam_error_s: float
+    video_duration: float
+    audio_duration: float | None = None
+    problems: list[str] = Field(default_factory=list)
+
+
+class ChunkPlan(BaseModel):
+    """How the source was cut: stream copy at keyframes, or an accurate (lossless) split."""
+
+    split: Literal["copy", "accurate"]
+    seconds: int
+    #: Start time of each chunk (seconds from the first frame); frames and duration of each.
+    starts: list[float]
+    frames: list[int]
+    durations: list[float]
+    #: Why the accurate split was taken, when it was.
+    reason: str | None = None
+    #: The source's own frame interval at each seam (what the joined rendition must show there;
+    #: 1/fps for constant frame rate sources).
+    seam_intervals: list[float] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.starts)
+
+
+class ChunkRecord(BaseModel):
+    """One chunk's encode (``jobs/<job>/chunks/<index>.json``), or the job's audio (``audio``)."""
+
+    index: int
+    state: RenditionState = "pending"
+    worker: str | None = None
+    task_id: str | None = None
+    started_at: str | None = None
+    #: Wall-clock seconds of the encode that won, and how many workers were given the chunk.
+    seconds: float | None = None
+    offers: int = 1
+    frames: int | None = None
+    duration: float | None = None
+    updated_at: str = Field(default_factory=now_iso)
 
 
 class Rendition(BaseModel):
@@ -63,6 +119,10 @@ class Rendition(BaseModel):
     size_bytes: int | None = None
     task_id: str | None = None
     updated_at: str = Field(default_factory=now_iso)
+    #: What produced it (codec, preset, rate control, GOP, mode, chunk count and length).
+    encoder: dict[str, object] | None = None
+    #: Chunked mode only: the seam check of the joined rendition.
+    seam_check: SeamCheck | None = None
 
 
 class Manifest(BaseModel):
@@ -75,6 +135,9 @@ class Manifest(BaseModel):
     master_playlist: str | None = None
     poster: str | None = None
     error: ErrorInfo | None = None
+    #: Requested at upload (None: chosen by the probe from the source's length), then resolved.
+    mode: EncodeMode | None = None
+    chunks: ChunkPlan | None = None
 
     @property
     def finished(self) -> bool:
@@ -87,6 +150,14 @@ def _manifest_key(job_id: str) -> str:
 
 def _rendition_key(job_id: str, name: str) -> str:
     return f"{job_id}/renditions/{name}.json"
+
+
+def _chunk_key(job_id: str, index: int) -> str:
+    return f"{job_id}/chunks/{'audio' if index == AUDIO else f'{index:05d}'}.json"
+
+
+#: The chunk index of the job's audio track (encoded once, for the whole source).
+AUDIO = -1
 
 
 class JobStore:
@@ -124,6 +195,15 @@ class JobStore:
         self.storage.put_json(
             JOBS, _rendition_key(job_id, rendition.name), rendition.model_dump(mode="json")
         )
+
+    def load_chunk(self, job_id: str, index: int) -> ChunkRecord | None:
+        doc = self.storage.get_json(JOBS, _chunk_key(job_id, index))
+        return None if doc is None else ChunkRecord.model_validate(doc)
+
+    def save_chunk(self, job_id: str, record: ChunkRecord) -> None:
+        record.updated_at = now_iso()
+        doc = record.model_dump(mode="json")
+        self.storage.put_json(JOBS, _chunk_key(job_id, record.index), doc)
 
     def set_state(self, job_id: str, state: JobState, error: ErrorInfo | None = None) -> Manifest:
         """Move the job to ``state``. A completed job is never failed afterwards (a late duplicate

@@ -16,7 +16,7 @@ from kombu.exceptions import OperationalError
 
 from config.settings import get_settings
 from config.topology import declare_topology
-from encodeq.manifest import ErrorInfo, JobStore, Manifest, SourceInfo
+from encodeq.manifest import EncodeMode, ErrorInfo, JobStore, Manifest, SourceInfo
 from encodeq.storage import UPLOADS, Storage
 
 #: Extensions kept on the stored key for the benefit of people browsing the bucket; anything else
@@ -25,8 +25,11 @@ KNOWN_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mp
 
 
 class SubmitError(Exception):
-    """The file cannot be submitted (missing, not a regular file, over the size limit, or the
-    broker did not take the job)."""
+    """The file cannot be submitted (missing, not a regular file, over the size limit)."""
+
+
+class BrokerUnavailable(SubmitError):
+    """RabbitMQ did not take the job within ``broker_wait_s``; the job is marked failed."""
 
 
 def _publish_probe(job_id: str) -> None:
@@ -62,22 +65,31 @@ def source_key(job_id: str, filename: str) -> str:
     return f"{job_id}/source{ext if ext in KNOWN_EXTENSIONS else '.bin'}"
 
 
-def submit(path: Path, storage: Storage | None = None, progress: Any = None) -> Manifest:
-    """Upload ``path`` and queue its job; returns the queued manifest."""
+def submit(
+    path: Path,
+    storage: Storage | None = None,
+    progress: Any = None,
+    mode: EncodeMode | None = None,
+    filename: str | None = None,
+) -> Manifest:
+    """Upload ``path`` and queue its job; returns the queued manifest. ``mode`` picks chunked or
+    per-rung encoding (None: the probe chooses from the source's length). ``filename`` is the
+    user's name for the file when ``path`` is ours (a web upload's temp file)."""
     from worker.events import emit
 
+    filename = filename or path.name
     size = check_file(path)
     storage = storage or Storage()
     job_id = uuid.uuid4().hex
     uri = storage.put_file(
         UPLOADS,
-        source_key(job_id, path.name),
+        source_key(job_id, filename),
         path,
-        metadata={"original-filename": quote(path.name)},
+        metadata={"original-filename": quote(filename)},
         progress=progress,
     )
     manifest = Manifest(
-        job_id=job_id, source=SourceInfo(uri=uri, filename=path.name, size_bytes=size)
+        job_id=job_id, source=SourceInfo(uri=uri, filename=filename, size_bytes=size), mode=mode
     )
     jobs = JobStore(storage)
     jobs.save(manifest)
@@ -87,8 +99,7 @@ def submit(path: Path, storage: Storage | None = None, progress: Any = None) -> 
     except (OperationalError, OSError) as exc:
         error = ErrorInfo(code="broker_unavailable", message=f"could not queue the job: {exc}")
         jobs.set_state(job_id, "failed", error)
-        raise SubmitError(
-            f"{path}: RabbitMQ did not take job {job_id} ({exc}); marked failed"
-        ) from exc
-    emit("job.queued", job_id=job_id, filename=path.name, size_bytes=size)
+        message = f"{filename}: RabbitMQ did not take job {job_id} ({exc}); marked failed"
+        raise BrokerUnavailable(message) from exc
+    emit("job.queued", job_id=job_id, filename=filename, size_bytes=size)
     return manifest

@@ -170,3 +170,74 @@ def _number(text: str | None) -> float:
         return float(text or 0)
     except ValueError:
         return 0.0
+
+
+# --- chunked mode (worker/chunking.py splits, worker/joining.py joins) ----------------------------
+#: Options of ``output_options`` that describe the HLS muxer, not the encoder.
+HLS_OPTIONS = ("f", "hls_time", "hls_playlist_type", "hls_flags", "hls_segment_filename")
+AUDIO_OPTIONS = ("c:a", "b:a", "ac", "ar")
+
+
+def video_options(probe: ProbeResult, plan: RenditionPlan, settings: Settings) -> dict[str, object]:
+    """``output_options`` without the HLS muxer and audio: what a chunk's video encode uses, so
+    chunked and per-rung renditions come from identical encoder settings."""
+    options = output_options(probe, plan, Path("."), settings)
+    return {k: v for k, v in options.items() if k not in HLS_OPTIONS + AUDIO_OPTIONS}
+
+
+def audio_options(probe: ProbeResult, settings: Settings) -> dict[str, object]:
+    """The audio half of ``output_options`` (chunked mode encodes audio once, separately)."""
+    options = output_options(probe, RenditionPlan("a", 2, 2, 1), Path("."), settings)
+    return {k: v for k, v in options.items() if k in AUDIO_OPTIONS}
+
+
+def hls_options(probe: ProbeResult, out_dir: Path, settings: Settings) -> dict[str, object]:
+    """The HLS muxer half of ``output_options`` (the join remuxes into it, no re-encode)."""
+    options = output_options(probe, RenditionPlan("h", 2, 2, 1), out_dir, settings)
+    return {k: v for k, v in options.items() if k in HLS_OPTIONS}
+
+
+def encoder_settings(
+    probe: ProbeResult, plan: RenditionPlan, settings: Settings
+) -> dict[str, object]:
+    """What the manifest records about how a rendition was encoded (to reproduce or compare it)."""
+    options = output_options(probe, plan, Path("."), settings)
+    recorded: dict[str, object] = {
+        "codec": options["c:v"],
+        "preset": options["preset"],
+        "profile": options["profile:v"],
+        "pix_fmt": options["pix_fmt"],
+        "rate_control": {
+            "mode": "abr+vbv",
+            "bitrate": options["b:v"],
+            "maxrate": options["maxrate"],
+            "bufsize": options["bufsize"],
+        },
+        "gop": options["g"],
+        "keyframes": options["force_key_frames"],
+        "sc_threshold": options["sc_threshold"],
+        "segment_seconds": options["hls_time"],
+        "threads": options["threads"],
+    }
+    if probe.has_audio:
+        recorded["audio"] = {"codec": options["c:a"], "bitrate": options["b:a"]}
+    return recorded
+
+
+def chunk_encode_args(
+    chunk: Path, probe: ProbeResult, plans: list[RenditionPlan], outputs: dict[str, Path],
+    settings: Settings,
+) -> list[str]:  # fmt: skip
+    """One ffmpeg for every rung of a chunk: decode once, split, scale, encode each (MPEG-TS).
+
+    Timestamps restart at 0 (``setpts``) so the forced keyframes land on the chunk's own segment
+    grid, which is the global one because chunks start on segment boundaries.
+    """
+    video = ffmpeg.input(str(chunk), **SAFE_INPUT_OPTIONS)["v:0"].filter("setpts", "PTS-STARTPTS")
+    branches = video.filter_multi_output("split", len(plans))
+    streams = []
+    for i, plan in enumerate(plans):
+        options = {**video_options(probe, plan, settings), "f": "mpegts", "an": None}
+        streams.append(ffmpeg.output(scaled(branches.stream(i), plan), str(outputs[plan.name]),
+                                     **options))  # fmt: skip
+    return with_progress(ffmpeg.merge_outputs(*streams))

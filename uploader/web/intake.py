@@ -16,17 +16,14 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
-from kombu.exceptions import OperationalError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from config.settings import Settings
-from config.topology import declare_topology
-from encodeq.manifest import ErrorInfo, JobStore, Manifest, SourceInfo
-from encodeq.storage import UPLOADS, Storage
-from uploader.submit import source_key
+from encodeq.manifest import Manifest
+from encodeq.storage import Storage
+from uploader.submit import BrokerUnavailable, SubmitError, submit
 
 #: The form field that carries the file.
 FILE_FIELD = "file"
@@ -209,49 +206,15 @@ def _discard(receiver: _FileReceiver) -> None:
     receiver.path.unlink(missing_ok=True)
 
 
-def publish_probe(job_id: str) -> None:
-    """Declare the topology (a job published before any worker ran is kept), then publish the
-    probe; publisher confirms are on, so RabbitMQ has it when this returns."""
-    from worker.app import app
-    from worker.tasks import probe
-
-    with app.connection_for_write() as connection:
-        connection.ensure_connection(max_retries=3, interval_start=0.5, interval_step=0.5)
-        declare_topology(connection)
-        probe.apply_async(args=[job_id], connection=connection)
-
-
 def submit_received(received: Received, storage: Storage) -> Manifest:
-    """Store the upload under a key we choose, write the manifest, publish the probe task.
-
-    The steps of uploader/submit.py's ``submit``, which takes the file name from its path; here
-    the name came from the browser and the path is ours, so the name travels separately. A broker
-    that does not take the job fails it loudly (``broker_unavailable``), as ``submit`` does.
-    """
-    from worker.events import emit
-
-    job_id = uuid.uuid4().hex
-    uri = storage.put_file(
-        UPLOADS,
-        source_key(job_id, received.filename),
-        received.path,
-        metadata={"original-filename": quote(received.filename)},
-    )
-    manifest = Manifest(
-        job_id=job_id,
-        source=SourceInfo(uri=uri, filename=received.filename, size_bytes=received.size),
-    )
-    jobs = JobStore(storage)
-    jobs.save(manifest)
+    """Store the upload under a key we choose, write the manifest, publish the probe task: the
+    uploader's own ``submit``, with the browser's file name travelling beside our temp path."""
     try:
-        publish_probe(job_id)
-    except (OperationalError, OSError) as exc:
-        error = ErrorInfo(code="broker_unavailable", message=f"could not queue the job: {exc}")
-        jobs.set_state(job_id, "failed", error)
-        message = f"RabbitMQ did not take job {job_id}: {exc}"
-        raise UploadError(503, "broker_unavailable", message) from exc
-    emit("job.queued", job_id=job_id, filename=received.filename, size_bytes=received.size)
-    return manifest
+        return submit(received.path, storage, filename=received.filename)
+    except BrokerUnavailable as exc:
+        raise UploadError(503, "broker_unavailable", str(exc)) from exc
+    except SubmitError as exc:
+        raise UploadError(413, "too_large", str(exc)) from exc
 
 
 def remove(received: Received) -> None:

@@ -1,0 +1,311 @@
+"""Chunk-parallel encoding end to end: real workers, RabbitMQ, S3 server and ffmpeg.
+
+Sources are a few seconds long with 2 s segments and 2 s chunks, so a job has several seams.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import WorkerFleet, broker, encodeq, jobs, make_video, storage, wait_for, wait_for_job
+
+from encodeq.events import EventSubscription
+from encodeq.manifest import AUDIO
+from encodeq.storage import RENDITIONS, UPLOADS, parse_uri
+
+CHUNKED_ENV = {
+    "ENCODEQ_CHUNK_SECONDS": "2",
+    "ENCODEQ_STRAGGLER_CHECK_S": "1",
+    # Nothing is a straggler unless a test says so.
+    "ENCODEQ_STRAGGLER_MIN_S": "600",
+}
+
+
+def make_source(path: Path, width: int, height: int, duration: float, gop: int = 50) -> Path:
+    """An H.264/AAC MP4 at 25 fps with a keyframe every ``gop`` frames (50: every 2 s, on the
+    segment grid; make_video's x264 default of 250 is a sparse source for 2 s chunks)."""
+    if not path.exists():
+        subprocess.run(
+            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+             "-f", "lavfi", "-i", f"testsrc2=s={width}x{height}:r=25:d={duration}",
+             "-f", "lavfi", "-i", f"sine=f=440:d={duration}",
+             "-c:v", "libx264", "-preset", "ultrafast", "-g", str(gop), "-pix_fmt", "yuv420p",
+             "-c:a", "aac", "-shortest", str(path)],
+            check=True, timeout=120,
+        )  # fmt: skip
+    return path
+
+
+def upload(path: Path, *options: str, timeout: float = 240) -> dict:
+    result = encodeq("upload", str(path), "--wait", "--json", "--timeout", str(timeout), *options)
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def upload_nowait(path: Path, *options: str) -> str:
+    result = encodeq("upload", str(path), *options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip()
+
+
+def download_rendition(playlist_uri: str, into: Path) -> Path:
+    _, key = parse_uri(playlist_uri)
+    s = storage()
+    for name in s.list_keys(RENDITIONS, key.rsplit("/", 1)[0] + "/"):
+        s.download(RENDITIONS, name, into / name)
+    return into / key
+
+
+def decoded(playlist: Path) -> dict:
+    """ffprobe's view after decoding every frame (an independent count, not our own QC)."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json",
+         str(playlist)],
+        check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def segment_durations(playlist: Path) -> list[str]:
+    return [line for line in playlist.read_text().splitlines() if line.startswith("#EXTINF")]
+
+
+@pytest.fixture(scope="class")
+def fleet() -> Iterator[WorkerFleet]:
+    fleet = WorkerFleet()
+    fleet.start("chunk-a", env=CHUNKED_ENV)
+    fleet.start("chunk-b", env=CHUNKED_ENV)
+    yield fleet
+    fleet.stop_all()
+
+
+class TestChunkedJobs:
+    def test_chunked_job_is_seamless(self, fleet, media_dir: Path, tmp_path: Path) -> None:
+        source = make_source(media_dir / "chunked.mp4", 640, 360, duration=8)
+        manifest = upload(source, "--mode", "chunked")
+        assert manifest["state"] == "completed", manifest["error"]
+        assert manifest["mode"] == "chunked"
+        chunks = manifest["chunks"]
+        assert chunks["split"] == "copy" and chunks["reason"] is None
+        assert chunks["starts"] == [0.0, 2.0, 4.0, 6.0] and chunks["frames"] == [50] * 4
+        assert manifest["source"]["frames"] == 200
+        got = [(r["name"], r["width"], r["height"]) for r in manifest["renditions"]]
+        assert got == [("360p", 640, 360), ("240p", 426, 240)]
+        grids = []
+        for r in manifest["renditions"]:
+            assert r["state"] == "completed"
+            check = r["seam_check"]
+            assert check["passed"] and check["problems"] == []
+            assert check["frames"] == check["expected_frames"] == 200
+            assert check["seams"] == 3 and check["max_seam_error_s"] < 0.005
+            assert abs(check["audio_duration"] - check["video_duration"]) < 0.15
+            settings = r["encoder"]
+            assert settings["codec"] == "libx264" and settings["preset"] == "ultrafast"
+            assert settings["gop"] == 50 and settings["segment_seconds"] == 2
+            assert settings["rate_control"]["bitrate"] == f"{r['video_kbps']}k"
+            assert (settings["mode"], settings["chunks"], settings["chunk_seconds"]) == (
+                "chunked",
+                4,
+                2,
+            )
+            # What a player sees, decoded by ffprobe: size, every frame, both streams, length.
+            playlist = download_rendition(r["playlist"], tmp_path)
+            info = decoded(playlist)
+            [video] = [s for s in info["streams"] if s["codec_type"] == "video"]
+            [audio] = [s for s in info["streams"] if s["codec_type"] == "audio"]
+            assert (video["width"], video["height"]) == (r["width"], r["height"])
+            assert int(video["nb_read_frames"]) == 200
+            assert audio["codec_name"] == "aac"
+            assert float(info["format"]["duration"]) == pytest.approx(8.0, abs=0.15)
+            grids.append(segment_durations(playlist))
+        assert grids[0] == grids[1] and len(grids[0]) == 4  # keyframes aligned across rungs
+        assert manifest["master_playlist"] and manifest["poster"]
+        # one record per chunk, plus the audio encoded once
+        store = jobs()
+        records = [store.load_chunk(manifest["job_id"], i) for i in range(4)]
+        assert all(rec is not None and rec.state == "completed" for rec in records)
+        assert store.load_chunk(manifest["job_id"], AUDIO).state == "completed"
+
+    def test_sparse_keyframes_take_the_accurate_split(
+        self, fleet, media_dir: Path, tmp_path: Path
+    ) -> None:
+        source = make_source(media_dir / "sparse.mp4", 426, 240, duration=7, gop=1000)
+        manifest = upload(source, "--mode", "chunked")
+        assert manifest["state"] == "completed", manifest["error"]
+        chunks = manifest["chunks"]
+        assert chunks["split"] == "accurate" and "no keyframe" in chunks["reason"]
+        assert chunks["starts"] == [0.0, 2.0, 4.0] and sum(chunks["frames"]) == 175
+        [r] = manifest["renditions"]
+        assert r["seam_check"]["passed"] and r["seam_check"]["frames"] == 175
+        info = decoded(download_rendition(r["playlist"], tmp_path))
+        [video] = [s for s in info["streams"] if s["codec_type"] == "video"]
+        assert int(video["nb_read_frames"]) == 175
+
+    def test_rotated_phone_video_keeps_its_rotation_through_the_chunks(
+        self, fleet, media_dir: Path, tmp_path: Path
+    ) -> None:
+        raw = make_source(media_dir / "rot-raw.mp4", 640, 360, duration=4)
+        source = media_dir / "rot-chunked.mp4"
+        subprocess.run(
+            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(raw), "-c", "copy",
+             "-metadata:s:v:0", "rotate=90", str(source)],
+            check=True, timeout=60,
+        )  # fmt: skip
+        manifest = upload(source, "--mode", "chunked")
+        assert manifest["state"] == "completed", manifest["error"]
+        assert manifest["chunks"]["split"] == "copy" and len(manifest["chunks"]["starts"]) == 2
+        got = [(r["name"], r["width"], r["height"]) for r in manifest["renditions"]]
+        assert got == [("360p", 360, 640), ("240p", 240, 426)]
+        for r in manifest["renditions"]:
+            info = decoded(download_rendition(r["playlist"], tmp_path))
+            [video] = [s for s in info["streams"] if s["codec_type"] == "video"]
+            assert (video["width"], video["height"]) == (r["width"], r["height"])
+            assert int(video["nb_read_frames"]) == 100
+
+    def test_per_rung_mode_still_works(self, fleet, media_dir: Path) -> None:
+        source = make_video(media_dir / "per-rung.mp4", 426, 240, duration=3)
+        explicit = upload(source, "--mode", "per-rung")
+        assert explicit["state"] == "completed", explicit["error"]
+        assert explicit["mode"] == "per-rung" and explicit["chunks"] is None
+        [r] = explicit["renditions"]
+        assert r["encoder"]["mode"] == "per-rung" and r["seam_check"] is None
+        # a short source without --mode stays per-rung (chunked pays off on long ones)
+        auto = upload(source)
+        assert auto["state"] == "completed" and auto["mode"] == "per-rung"
+
+    def test_a_bad_mode_is_refused(self, media_dir: Path) -> None:
+        source = make_video(media_dir / "per-rung.mp4", 426, 240, duration=3)
+        result = encodeq("upload", str(source), "--mode", "fast")
+        assert result.returncode == 2 and "--mode" in result.stderr
+
+
+def test_mode_defaults_to_chunked_for_long_sources() -> None:
+    from worker.tasks import choose_mode
+
+    assert choose_mode(None, 3.0) == "per-rung"
+    assert choose_mode(None, 600.0) == "chunked"
+    assert choose_mode("per-rung", 600.0) == "per-rung"
+    assert choose_mode("chunked", 3.0) == "chunked"
+
+
+# --- holding one chunk in a stopped worker --------------------------------------------------------
+def hold_a_chunk(worker, job_id: str, timeout: float = 90) -> int:
+    """SIGSTOP ``worker`` while it is encoding a chunk other than the first (so a sibling has
+    finished); returns the chunk's index. The worker's ffmpeg may finish, its task cannot."""
+    store = jobs()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        manifest = store.load_job(job_id)
+        count = manifest.chunks.count if manifest and manifest.chunks else 0
+        for index in range(1, count):
+            record = store.load_chunk(job_id, index)
+            if record is None or record.state != "encoding":
+                continue
+            os.killpg(worker.pid, signal.SIGSTOP)
+            time.sleep(0.5)  # let a request already on the wire land
+            record = store.load_chunk(job_id, index)
+            if record is not None and record.state == "encoding":
+                return index
+            os.killpg(worker.pid, signal.SIGCONT)
+        time.sleep(0.03)
+    raise AssertionError(f"never caught {worker.name} encoding a chunk of {job_id}")
+
+
+def resume(worker) -> None:
+    if worker.proc.poll() is None:
+        os.killpg(worker.pid, signal.SIGCONT)
+
+
+def test_a_seam_check_failure_fails_the_job(workers, media_dir: Path) -> None:
+    source = make_source(media_dir / "seams.mp4", 640, 360, duration=12)
+    alpha = workers.start("seam-a", env=CHUNKED_ENV)
+    job_id = upload_nowait(source, "--mode", "chunked")
+    assert hold_a_chunk(alpha, job_id) >= 1
+    try:
+        # one worker takes the encode queue in order: chunk 0 finished before the held one began
+        store = jobs()
+        wait_for(lambda: store.load_chunk(job_id, 0).state == "completed", 30, "chunk 0")
+        corrupt = 0
+        # Really break a finished chunk of 240p in storage: cut it to half its TS packets.
+        key = f"{job_id}/chunks/240p/{corrupt:05d}.ts"
+        s = storage()
+        data = s.get_bytes(UPLOADS, key)
+        half = len(data) // 2 // 188 * 188
+        s.put_bytes(UPLOADS, key, data[:half], "video/mp2t")
+    finally:
+        resume(alpha)
+    manifest = wait_for_job(job_id, timeout=120)
+    assert manifest.state == "failed"
+    assert manifest.error is not None and manifest.error.code == "seam_check_failed"
+    assert "240p" in manifest.error.message
+    rung = {r.name: r for r in manifest.renditions}["240p"]
+    assert rung.state == "failed" and rung.seam_check is not None
+    assert not rung.seam_check.passed
+    assert rung.seam_check.frames < rung.seam_check.expected_frames
+    # nothing of the broken rung was published, and no master playlist
+    assert not list(storage().list_keys(RENDITIONS, f"{job_id}/240p/"))
+    assert manifest.master_playlist is None
+
+
+def test_a_straggler_is_offered_to_a_second_worker(workers, media_dir: Path) -> None:
+    source = make_source(media_dir / "straggler.mp4", 640, 360, duration=12)
+    env = {**CHUNKED_ENV, "ENCODEQ_STRAGGLER_MIN_S": "2", "ENCODEQ_STRAGGLER_FACTOR": "2"}
+    with broker() as conn:
+        conn.connect()
+        with EventSubscription(conn, ("chunk.*",)) as events:
+            slow = workers.start("slow", env=env)
+            job_id = upload_nowait(source, "--mode", "chunked")
+            held = hold_a_chunk(slow, job_id)
+            try:
+                workers.start("fast", env=env)
+                manifest = wait_for_job(job_id, timeout=120)
+                assert manifest.state == "completed", manifest.error
+                record = jobs().load_chunk(job_id, held)
+                assert record.worker.startswith("fast@") and record.offers == 2
+            finally:
+                resume(slow)
+            seen: list[dict] = []
+
+            def got(kind: str) -> dict | None:
+                seen.extend(events.events(timeout=0.5))
+                return next((e for e in seen if e["event"] == kind and e["chunk"] == held
+                             and e["job_id"] == job_id), None)  # fmt: skip
+
+            straggler = wait_for(lambda: got("chunk.straggler"), 30, "chunk.straggler")
+            assert straggler["worker"].startswith("slow@") and straggler["running_s"] >= 2
+            # The slow copy finishes late, sees the fast one won, and keeps its hands off.
+            discarded = wait_for(lambda: got("chunk.discarded"), 60, "chunk.discarded")
+            assert discarded["worker"].startswith("slow@")
+            assert discarded["winner"].startswith("fast@")
+    final = jobs().load(job_id)
+    assert final.state == "completed"
+    assert all(r.seam_check and r.seam_check.passed for r in final.renditions)
+
+
+def test_cut_planning_uses_grid_keyframes_or_refuses_the_copy_split() -> None:
+    from config.settings import Settings
+    from worker.chunking import Packets, plan_cuts
+
+    settings = Settings(segment_seconds=2, chunk_seconds=4)
+
+    def packets(keyframes_every: int, frames: int = 250, offset: float = 0.0) -> Packets:
+        pts = [offset + i / 25 for i in range(frames)]
+        keys = [i % keyframes_every == 0 for i in range(frames)]
+        return Packets(pts, keys, [0.04] * frames)
+
+    # keyframes every 2 s: cut on the grid, at the targets (a short tail joins the last chunk)
+    assert plan_cuts(packets(50), 25.0, 4, settings) == ([0.0, 4.0, 8.0], None)
+    # a start offset (MPEG-TS sources start at 1.4 s) changes nothing: times are from frame one
+    assert plan_cuts(packets(50, offset=1.4), 25.0, 4, settings) == ([0.0, 4.0, 8.0], None)
+    # keyframes every 6 s: the nearest grid keyframe within half a chunk of each target
+    assert plan_cuts(packets(150), 25.0, 4, settings) == ([0.0, 6.0], None)
+    # keyframes every 1.8 s never land on the 2 s grid near 4 s: accurate split at the targets
+    starts, reason = plan_cuts(packets(45), 25.0, 4, settings)
+    assert starts == [0.0, 4.0, 8.0] and reason is not None and "grid" in reason
