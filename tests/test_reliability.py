@@ -106,7 +106,8 @@ def test_broker_restart_loses_nothing(workers, media_dir, broker_outage) -> None
     # Queued and running work survived (quorum, durable, persistent); workers came back by
     # themselves.
     for job_id in job_ids:
-        assert wait_for_job(job_id, timeout=180).state == "completed"
+        manifest = wait_for_job(job_id, timeout=180)
+        assert manifest.state == "completed", (job_id, manifest.error)
         assert_renditions_exactly_once(job_id)
     wait_for(lambda: consumers() >= 2, 60, "both workers to consume again")
     assert all(w.proc.poll() is None for w in workers.workers)

@@ -19,10 +19,11 @@ from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
 from celery import bootsteps
-from celery.exceptions import Retry, SoftTimeLimitExceeded, WorkerLostError
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded, WorkerLostError
 from celery.worker.consumer import Consumer
 from celery.worker.consumer.connection import Connection
 from celery.worker.request import Request
+from kombu.asynchronous import get_event_loop
 
 from config.retry_policy import TRANSIENT_ERRORS
 from config.settings import get_settings
@@ -35,6 +36,9 @@ from encodeq.storage import Storage
 logger = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+#: How long, and how often, to look whether Celery's reject of a failed task went out.
+REJECT_LOOKS = 50
+REJECT_LOOK_EVERY_S = 0.1
 
 
 def error_code(exc: BaseException) -> str:
@@ -66,7 +70,7 @@ def _save(record: FailureRecord) -> None:
 
 
 def _fail_job(job_id: str | None, rendition: str | None, code: str, message: str) -> None:
-    if not job_id or not JOB_ID.match(job_id):
+    if not job_id:
         return
     try:
         jobs = JobStore(Storage())
@@ -86,20 +90,50 @@ def _fail_job(job_id: str | None, rendition: str | None, code: str, message: str
 
 
 class RecordingRequest(Request):
-    """A Celery request that leaves a failure record before Celery rejects its message."""
+    """A Celery request that leaves a failure record before Celery rejects its message, and fails
+    the job once the broker has taken that reject."""
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False):
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
+        if isinstance(exc, Reject) and isinstance(exc.reason, BaseException):
+            exc = exc.reason  # Celery's retry wraps a failed re-publish in a Reject
+        failure: FailureRecord | None = None
         if not isinstance(exc, Retry):
             try:
-                self._record(exc, exc_info)
+                failure = self._record(exc, exc_info)
+                _save(failure)  # first: the dead letter can be explained as soon as it lands
             except Exception:
                 logger.exception("failure handling of %s failed", self.id)
-        return super().on_failure(exc_info, send_failed_event, return_ok)
+        result = super().on_failure(exc_info, send_failed_event, return_ok)
+        if failure is not None and failure.dead_lettered:
+            self._after_reject(failure)
+        return result
 
-    def _record(self, exc: BaseException, exc_info: Any) -> None:
+    def _after_reject(self, failure: FailureRecord) -> None:
+        """Fail the job once the reject has reached RabbitMQ, and only then.
+
+        Celery sends the reject from its event loop, soon after this handler (in no set order
+        with other callbacks), so look again a little later until the message says it was
+        rejected. With the connection gone (a broker restart) the reject never leaves, the message
+        will be delivered again, and the job is not over: then nothing is marked.
+        """
+        hub = get_event_loop()
+
+        def fail_job_when_rejected(looks_left: int) -> None:
+            if self._message.acknowledged:
+                _fail_job(failure.job_id, self._rendition(), failure.code, failure.message)
+            elif hub is not None and looks_left > 0:
+                hub.call_later(REJECT_LOOK_EVERY_S, fail_job_when_rejected, looks_left - 1)
+
+        fail_job_when_rejected(REJECT_LOOKS)
+
+    def _rendition(self) -> str | None:
+        args = list(self.args or [])
+        return args[1] if len(args) > 1 and isinstance(args[1], str) else None
+
+    def _record(self, exc: BaseException, exc_info: Any) -> FailureRecord:
         deliveries = _deliveries(self._message)
         requeued = isinstance(exc, WorkerLostError) and self.task.reject_on_worker_lost
         # A requeued message dies in the broker once it has been delivered more than the limit
@@ -107,29 +141,24 @@ class RecordingRequest(Request):
         last_delivery = deliveries > get_settings().delivery_limit
         args = list(self.args or [])
         job_id = args[0] if args and isinstance(args[0], str) else self.kwargs.get("job_id")
-        rendition = args[1] if len(args) > 1 and isinstance(args[1], str) else None
         code = error_code(exc)
         if requeued and last_delivery:
             code = "delivery_limit"
         message = exc.message if isinstance(exc, PermanentError) else str(exc) or type(exc).__name__
-        _save(
-            FailureRecord(
-                task_id=self.id,
-                task=self.name,
-                job_id=job_id if isinstance(job_id, str) else None,
-                code=code,
-                exc_type=type(exc).__name__,
-                message=message,
-                traceback_tail=tail(exc_info.traceback or ""),
-                attempts=int(self.request_dict.get("retries") or 0) + 1,
-                deliveries=deliveries,
-                worker=self.hostname,
-                queue=self.delivery_info.get("routing_key"),
-                dead_lettered=not requeued or last_delivery,
-            )
+        return FailureRecord(
+            task_id=self.id,
+            task=self.name,
+            job_id=job_id if isinstance(job_id, str) and JOB_ID.match(job_id) else None,
+            code=code,
+            exc_type=type(exc).__name__,
+            message=message,
+            traceback_tail=tail(exc_info.traceback or ""),
+            attempts=int(self.request_dict.get("retries") or 0) + 1,
+            deliveries=deliveries,
+            worker=self.hostname,
+            queue=self.delivery_info.get("routing_key"),
+            dead_lettered=not requeued or last_delivery,
         )
-        if not requeued or last_delivery:
-            _fail_job(job_id if isinstance(job_id, str) else None, rendition, code, message)
 
 
 class DeadLetteringConsumer(Consumer):
