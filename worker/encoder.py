@@ -64,7 +64,9 @@ def output_options(
         "f": "hls",
         "hls_time": seg,
         "hls_playlist_type": "vod",
-        "hls_flags": "independent_segments",
+        # temp_file: a segment appears under its name only once complete (uploaded while the
+        # next one is encoded: worker/segment_upload.py)
+        "hls_flags": "independent_segments+temp_file",
         "hls_segment_filename": str(out_dir / SEGMENT_PATTERN),
     }
     if probe.has_audio:

@@ -8,6 +8,11 @@ from pathlib import Path
 #: ffprobe's H.264 profile names -> the profile_idc byte of an RFC 6381 ``avc1`` codec string.
 H264_PROFILE_IDC = {"Constrained Baseline": 0x42, "Baseline": 0x42, "Main": 0x4D, "High": 0x64}
 AAC_LC = "mp4a.40.2"
+CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".ts": "video/mp2t",
+    ".jpg": "image/jpeg",
+}
 
 
 @dataclass(frozen=True)

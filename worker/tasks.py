@@ -38,22 +38,18 @@ from encodeq.manifest import (
     SourceInfo,
     now_iso,
 )
-from encodeq.storage import RENDITIONS, UPLOADS, Storage, parse_uri
-from worker import chunking, encoder, joining, process, seams
+from encodeq.storage import RENDITIONS, UPLOADS, Storage
+from worker import chunking, encoder, joining, process, seams, source_cache
 from worker.app import app
 from worker.events import emit
-from worker.hls import Variant, master_playlist
+from worker.hls import CONTENT_TYPES, Variant, master_playlist
 from worker.probe import ProbeResult
 from worker.probe import probe as probe_file
+from worker.segment_upload import SegmentUploader
 
 logger = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-CONTENT_TYPES = {
-    ".m3u8": "application/vnd.apple.mpegurl",
-    ".ts": "video/mp2t",
-    ".jpg": "image/jpeg",
-}
 #: How often a running encode writes its progress into its rendition record (events go faster).
 RECORD_PROGRESS_EVERY_S = 5.0
 
@@ -77,16 +73,6 @@ def _workdir(job_id: str) -> Iterator[Path]:
     base = get_settings().work_dir or None
     with tempfile.TemporaryDirectory(prefix=f"encodeq-{job_id}-", dir=base) as tmp:
         yield Path(tmp)
-
-
-def _fetch_source(storage: Storage, source: SourceInfo, folder: Path) -> Path:
-    """Copy the upload to a local file whose name we chose; ffmpeg only ever opens that."""
-    bucket, key = parse_uri(source.uri)
-    if bucket != storage.bucket(UPLOADS):
-        raise PermanentError("bad_source", f"source is not in the uploads bucket: {source.uri}")
-    path = folder / "source"
-    storage.download(UPLOADS, key, path)
-    return path
 
 
 def _probe_result(source: SourceInfo) -> ProbeResult:
@@ -117,7 +103,7 @@ def probe(self: Task, job_id: str) -> None:
     emit("job.probing", job_id=job_id, worker=self.request.hostname)
     settings = get_settings()
     with _workdir(job_id) as folder:
-        source = _fetch_source(storage, manifest.source, folder)
+        source = source_cache.local_source(storage, job_id, manifest.source.uri)
         result = probe_file(source, settings)
         manifest.mode = choose_mode(manifest.mode, result.duration)
         if manifest.mode == "chunked":
@@ -198,27 +184,16 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
             jobs.save_rendition(job_id, record)
 
     with _workdir(job_id) as folder:
-        source = _fetch_source(storage, manifest.source, folder)
-        try:
-            result = encoder.encode(
-                source,
-                _probe_result(manifest.source),
-                plan,
-                folder / rendition,
-                settings,
-                on_progress,
-            )
-        except process.ProcessFailed as exc:
-            raise EncodeError("encode_failed", f"ffmpeg failed: {exc}") from None
-        prefix = f"{job_id}/{rendition}/"
-        playlist = result.folder / encoder.PLAYLIST_NAME
-        # Segments first, playlist last: a playlist in storage means its segments are there.
-        for path in sorted(result.folder.iterdir()):
-            if path != playlist:
-                storage.put_file(RENDITIONS, prefix + path.name, path, CONTENT_TYPES[path.suffix])
-        playlist_uri = storage.put_file(
-            RENDITIONS, prefix + playlist.name, playlist, CONTENT_TYPES[".m3u8"]
-        )
+        source = source_cache.local_source(storage, job_id, manifest.source.uri)
+        out_dir = folder / rendition
+        with SegmentUploader(storage, out_dir, f"{job_id}/{rendition}/") as uploads:
+            try:
+                result = encoder.encode(
+                    source, _probe_result(manifest.source), plan, out_dir, settings, on_progress
+                )
+            except process.ProcessFailed as exc:
+                raise EncodeError("encode_failed", f"ffmpeg failed: {exc}") from None
+            playlist_uri = uploads.finish(result.folder / encoder.PLAYLIST_NAME)
     record = record.model_copy(
         update={
             "state": "completed",
@@ -297,6 +272,7 @@ def finalize(self: Task, job_id: str) -> None:
     manifest.master_playlist, manifest.poster = master_uri, poster_uri
     manifest.state, manifest.error = "completed", None
     jobs.save(manifest)
+    source_cache.drop(job_id)
     emit("job.completed", job_id=job_id, master_playlist=master_uri)
 
 
@@ -428,7 +404,7 @@ def encode_audio(self: Task, job_id: str) -> None:
     settings = get_settings()
     started = time.monotonic()
     with _workdir(job_id) as folder:
-        source = _fetch_source(storage, manifest.source, folder)
+        source = source_cache.local_source(storage, job_id, manifest.source.uri)
         out = folder / "audio.ts"
         try:
             process.run(
@@ -529,13 +505,7 @@ def join(self: Task, job_id: str, rendition: str) -> None:
             raise EncodeError("seam_check_failed", f"{rendition} failed its seam check: {problems}")
         stats = encoder.media_playlist_stats(playlist)
         encoder.check_complete(stats, probe_result)
-        prefix = f"{job_id}/{rendition}/"
-        for path in sorted(out_dir.iterdir()):  # segments first, playlist last
-            if path != playlist:
-                storage.put_file(RENDITIONS, prefix + path.name, path, CONTENT_TYPES[path.suffix])
-        playlist_uri = storage.put_file(
-            RENDITIONS, prefix + playlist.name, playlist, CONTENT_TYPES[".m3u8"]
-        )
+        playlist_uri = SegmentUploader(storage, out_dir, f"{job_id}/{rendition}/").finish(playlist)
         codecs = encoder.codecs_of(out_dir, probe_result.has_audio, settings)
     record = record.model_copy(
         update={
