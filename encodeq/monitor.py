@@ -42,6 +42,17 @@ class RenditionView:
 
 
 @dataclass
+class ChunkView:
+    """One chunk of a chunked-mode job: who encodes it, and whether it straggled."""
+
+    index: int
+    state: str = "pending"
+    worker: str | None = None
+    offers: int = 1
+    straggler: bool = False
+
+
+@dataclass
 class JobView:
     job_id: str
     state: str = "queued"
@@ -54,6 +65,9 @@ class JobView:
     updated_at: str = field(default_factory=now_iso)
     #: Lifecycle events applied to this job (0: everything known came from the manifest).
     events: int = 0
+    #: Chunked mode: the chunks seen so far, by index, and how many there are.
+    chunks: dict[int, ChunkView] = field(default_factory=dict)
+    chunk_count: int = 0
 
     @property
     def finished(self) -> bool:
@@ -67,6 +81,7 @@ class JobView:
     def as_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["renditions"] = [asdict(r) for r in self.renditions.values()]
+        doc["chunks"] = [asdict(c) for _, c in sorted(self.chunks.items())]
         return doc
 
 
@@ -189,6 +204,8 @@ class Monitor:
                 self._idle_job(job_id, name)
             elif kind.startswith("rendition.") and name:
                 self._apply_rendition(job, kind, name, worker, event)
+            elif kind.startswith("chunk.") and isinstance(event.get("chunk"), int):
+                self._apply_chunk(job, kind, worker, event)
             self._trim()
             return job
 
@@ -216,6 +233,29 @@ class Monitor:
                 self._busy(worker, job.job_id, name, "encode")
             else:
                 self._idle(worker, done=kind == "rendition.completed")
+
+    def _apply_chunk(
+        self, job: JobView, kind: str, worker: str | None, event: dict[str, Any]
+    ) -> None:
+        index = int(event["chunk"])
+        view = job.chunks.setdefault(index, ChunkView(index))
+        if isinstance(event.get("chunks"), int):
+            job.chunk_count = event["chunks"]
+        if job.state in ("queued", "probing"):
+            job.state = "encoding"
+        if kind == "chunk.started":
+            view.state, view.worker = "encoding", worker or view.worker
+            view.offers = max(view.offers, int(event.get("offer") or 1))
+            if worker:
+                self._busy(worker, job.job_id, f"chunk {index}", "encode")
+        elif kind == "chunk.completed":
+            view.state, view.worker = "completed", worker or view.worker
+            if worker:
+                self._idle(worker, done=True)
+        elif kind == "chunk.straggler":  # offered to a second worker; the first result wins
+            view.straggler = True
+        elif kind == "chunk.discarded" and worker:  # the other offer won
+            self._idle(worker, done=False)
 
     def set_queues(self, depths: list[QueueDepth]) -> None:
         with self._lock:

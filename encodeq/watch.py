@@ -96,9 +96,31 @@ def _job_panel(job: JobView) -> Panel:
         (job.job_id, "bold"), " ", _state(job.state), " ", (job.filename or "", "dim")
     )
     body: list[Any] = [table]
+    if job.chunks:
+        body.append(_chunk_line(job))
     if job.error_code:
         body.append(Text(f"failed: {job.error_code}: {job.error_message or ''}", style="red"))
     return Panel(Group(*body), title=title, title_align="left", border_style="dim")
+
+
+CHUNK_MARK = {"completed": ("#", "green"), "encoding": (">", "blue"), "pending": (".", "dim")}
+
+
+def _chunk_line(job: JobView) -> Text:
+    """Chunked mode: one mark per chunk, stragglers flagged with the workers they went to."""
+    count = max(job.chunk_count, max(job.chunks) + 1)
+    done = sum(c.state == "completed" for c in job.chunks.values())
+    line = Text(f"chunks {done}/{count} ")
+    for index in range(count):
+        chunk = job.chunks.get(index)
+        mark, style = CHUNK_MARK.get(chunk.state if chunk else "pending", ("?", ""))
+        line.append("!" if chunk and chunk.straggler and chunk.state != "completed" else mark,
+                    style="bold yellow" if chunk and chunk.straggler else style)  # fmt: skip
+    for chunk in job.chunks.values():
+        if chunk.straggler:
+            line.append(f"  chunk {chunk.index} straggled, offered again (now {chunk.worker})",
+                        style="yellow")  # fmt: skip
+    return line
 
 
 def render(monitor: Monitor) -> Group:
@@ -145,7 +167,7 @@ def run_watch(
     timeout passed first, 1 when ``JOB`` does not exist.
     """
     monitor = Monitor(job_filter=job_id)
-    with EventSubscription(connection, ("job.*", "rendition.*")) as events:
+    with EventSubscription(connection, ("job.*", "rendition.*", "chunk.*")) as events:
         if on_subscribed is not None:
             on_subscribed(events.queue.name)
         initial_state(monitor, jobs, job_id)

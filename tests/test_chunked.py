@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from support import WorkerFleet, broker, encodeq, jobs, make_video, storage, wait_for, wait_for_job
 
 from encodeq.events import EventSubscription
 from encodeq.manifest import AUDIO
+from encodeq.monitor import Monitor
 from encodeq.storage import RENDITIONS, UPLOADS, parse_uri
+from encodeq.watch import render
 
 CHUNKED_ENV = {
     "ENCODEQ_CHUNK_SECONDS": "2",
@@ -284,6 +287,15 @@ def test_a_straggler_is_offered_to_a_second_worker(workers, media_dir: Path) -> 
             discarded = wait_for(lambda: got("chunk.discarded"), 60, "chunk.discarded")
             assert discarded["worker"].startswith("slow@")
             assert discarded["winner"].startswith("fast@")
+    # What `encodeq watch` and the dashboard's monitor make of those events: the straggler shown.
+    monitor = Monitor(job_id)
+    for event in seen:
+        monitor.apply(event)
+    view = monitor.job(job_id).chunks[held]
+    assert view.straggler and view.state == "completed" and view.worker.startswith("fast@")
+    screen = Console(record=True, width=200)
+    screen.print(render(monitor))
+    assert f"chunk {held} straggled, offered again (now fast@" in screen.export_text()
     final = jobs().load(job_id)
     assert final.state == "completed"
     assert all(r.seam_check and r.seam_check.passed for r in final.renditions)

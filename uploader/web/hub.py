@@ -101,7 +101,9 @@ class EventHub:
             try:
                 with Connection(self.broker_url, heartbeat=0) as connection:
                     connection.ensure_connection(max_retries=1)
-                    with EventSubscription(connection, ("job.*", "rendition.*")) as events:
+                    with EventSubscription(
+                        connection, ("job.*", "rendition.*", "chunk.*")
+                    ) as events:
                         self.connected.set()
                         if not loaded:
                             initial_state(self.monitor, self.jobs, None)

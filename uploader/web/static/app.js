@@ -11,6 +11,7 @@ const state = {
   config: { max_upload_bytes: Infinity, token_required: false, queues: [] },
   jobs: new Map(), // job_id -> manifest (with live progress folded in)
   history: [], // queue depth samples
+  chunks: new Map(), // job_id -> Map(chunk index -> {state, worker, straggler}), chunked mode
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -168,6 +169,8 @@ function jobRow(job) {
   const cell = el("td", {});
   for (const r of job.renditions) cell.append(renditionLine(r));
   if (!job.renditions.length && !job.error) cell.append(el("span", { class: "muted", text: "waiting for the probe" }));
+  const chunks = state.chunks.get(job.job_id);
+  if (chunks && chunks.size) cell.append(chunkStrip(chunks));
   if (job.error) cell.append(el("div", { class: "error", text: `${job.error.code}: ${job.error.message}` }));
   row.append(cell);
   const actions = el("td", {});
@@ -178,6 +181,31 @@ function jobRow(job) {
   }
   row.append(actions);
   return row;
+}
+
+function chunkStrip(chunks) {
+  // One mark per chunk (who encodes it); a straggler, offered to a second worker, is flagged.
+  const strip = el("div", { class: "chunks" });
+  for (const [index, c] of [...chunks.entries()].sort((a, b) => a[0] - b[0])) {
+    strip.append(el("span", {
+      class: `chunk ${c.state}${c.straggler ? " straggler" : ""}`,
+      "data-chunk": String(index), "data-chunk-state": c.state,
+      "data-straggler": c.straggler ? "true" : "false",
+      title: `chunk ${index}: ${c.state} ${c.worker || ""}${c.straggler ? " (straggler, offered again)" : ""}`,
+    }));
+  }
+  return strip;
+}
+
+function applyChunkEvent(event) {
+  if (!state.chunks.has(event.job_id)) state.chunks.set(event.job_id, new Map());
+  const chunks = state.chunks.get(event.job_id);
+  const c = chunks.get(event.chunk) || { state: "pending", worker: null, straggler: false };
+  if (event.event === "chunk.started") Object.assign(c, { state: "encoding", worker: event.worker });
+  else if (event.event === "chunk.completed") Object.assign(c, { state: "completed", worker: event.worker });
+  else if (event.event === "chunk.straggler") c.straggler = true;
+  chunks.set(event.chunk, c);
+  renderJobs();
 }
 
 function renderJobs() {
@@ -195,6 +223,7 @@ function renderJobs() {
 
 function applyEvent(event) {
   const job = state.jobs.get(event.job_id);
+  if (event.event && event.event.startsWith("chunk.")) return applyChunkEvent(event);
   if (event.event === "rendition.progress" || event.event === "rendition.started") {
     if (!job) return refreshJob(event.job_id);
     let r = job.renditions.find((x) => x.name === event.rendition);
