@@ -108,6 +108,35 @@ def encodeq(
     )  # fmt: skip
 
 
+def upload_job(path: Path, *options: str, env: dict[str, str] | None = None) -> str:
+    """``encodeq upload PATH``: the job id, without waiting for the job."""
+    result = encodeq("upload", str(path), *options, env=env, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip()
+
+
+def upload_and_wait(
+    *paths: Path, options: tuple[str, ...] = (), timeout: float = 240
+) -> list[dict]:
+    """``encodeq upload --wait --json``: the final manifest of every job."""
+    result = encodeq("upload", *map(str, paths), "--wait", "--json", "--timeout", str(timeout),
+                     *options, timeout=timeout + 60)  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    doc = json.loads(result.stdout)
+    return doc if isinstance(doc, list) else [doc]
+
+
+def download_rendition(playlist_uri: str, into: Path) -> Path:
+    """Copy a rendition (playlist and segments) out of storage; returns the local playlist."""
+    from encodeq.storage import RENDITIONS, parse_uri
+
+    _, key = parse_uri(playlist_uri)
+    s = storage()
+    for name in s.list_keys(RENDITIONS, key.rsplit("/", 1)[0] + "/"):
+        s.download(RENDITIONS, name, into / name)
+    return into / key
+
+
 # --- worker processes ----------------------------------------------------------------------------
 def queue_state(name: str, url: str | None = None) -> tuple[int, int]:
     """(ready messages, consumers) of a queue, by a passive declare."""

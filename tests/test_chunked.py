@@ -15,12 +15,24 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from support import WorkerFleet, broker, encodeq, jobs, make_video, storage, wait_for, wait_for_job
+from support import (
+    WorkerFleet,
+    broker,
+    download_rendition,
+    encodeq,
+    jobs,
+    make_video,
+    storage,
+    upload_and_wait,
+    upload_job,
+    wait_for,
+    wait_for_job,
+)
 
 from encodeq.events import EventSubscription
 from encodeq.manifest import AUDIO
 from encodeq.monitor import Monitor
-from encodeq.storage import RENDITIONS, UPLOADS, parse_uri
+from encodeq.storage import RENDITIONS, UPLOADS
 from encodeq.watch import render
 
 CHUNKED_ENV = {
@@ -44,26 +56,6 @@ def make_source(path: Path, width: int, height: int, duration: float, gop: int =
             check=True, timeout=120,
         )  # fmt: skip
     return path
-
-
-def upload(path: Path, *options: str, timeout: float = 240) -> dict:
-    result = encodeq("upload", str(path), "--wait", "--json", "--timeout", str(timeout), *options)
-    assert result.returncode in (0, 1), result.stderr[-3000:]
-    return json.loads(result.stdout)
-
-
-def upload_nowait(path: Path, *options: str) -> str:
-    result = encodeq("upload", str(path), *options)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip()
-
-
-def download_rendition(playlist_uri: str, into: Path) -> Path:
-    _, key = parse_uri(playlist_uri)
-    s = storage()
-    for name in s.list_keys(RENDITIONS, key.rsplit("/", 1)[0] + "/"):
-        s.download(RENDITIONS, name, into / name)
-    return into / key
 
 
 def decoded(playlist: Path) -> dict:
@@ -92,7 +84,10 @@ def fleet() -> Iterator[WorkerFleet]:
 class TestChunkedJobs:
     def test_chunked_job_is_seamless(self, fleet, media_dir: Path, tmp_path: Path) -> None:
         source = make_source(media_dir / "chunked.mp4", 640, 360, duration=8)
-        manifest = upload(source, "--mode", "chunked")
+        manifest = upload_and_wait(
+            source,
+            options=("--mode", "chunked"),
+        )[0]
         assert manifest["state"] == "completed", manifest["error"]
         assert manifest["mode"] == "chunked"
         chunks = manifest["chunks"]
@@ -140,7 +135,10 @@ class TestChunkedJobs:
         self, fleet, media_dir: Path, tmp_path: Path
     ) -> None:
         source = make_source(media_dir / "sparse.mp4", 426, 240, duration=7, gop=1000)
-        manifest = upload(source, "--mode", "chunked")
+        manifest = upload_and_wait(
+            source,
+            options=("--mode", "chunked"),
+        )[0]
         assert manifest["state"] == "completed", manifest["error"]
         chunks = manifest["chunks"]
         assert chunks["split"] == "accurate" and "no keyframe" in chunks["reason"]
@@ -161,7 +159,10 @@ class TestChunkedJobs:
              "-metadata:s:v:0", "rotate=90", str(source)],
             check=True, timeout=60,
         )  # fmt: skip
-        manifest = upload(source, "--mode", "chunked")
+        manifest = upload_and_wait(
+            source,
+            options=("--mode", "chunked"),
+        )[0]
         assert manifest["state"] == "completed", manifest["error"]
         assert manifest["chunks"]["split"] == "copy" and len(manifest["chunks"]["starts"]) == 2
         got = [(r["name"], r["width"], r["height"]) for r in manifest["renditions"]]
@@ -174,13 +175,16 @@ class TestChunkedJobs:
 
     def test_per_rung_mode_still_works(self, fleet, media_dir: Path) -> None:
         source = make_video(media_dir / "per-rung.mp4", 426, 240, duration=3)
-        explicit = upload(source, "--mode", "per-rung")
+        explicit = upload_and_wait(
+            source,
+            options=("--mode", "per-rung"),
+        )[0]
         assert explicit["state"] == "completed", explicit["error"]
         assert explicit["mode"] == "per-rung" and explicit["chunks"] is None
         [r] = explicit["renditions"]
         assert r["encoder"]["mode"] == "per-rung" and r["seam_check"] is None
         # a short source without --mode stays per-rung (chunked pays off on long ones)
-        auto = upload(source)
+        auto = upload_and_wait(source)[0]
         assert auto["state"] == "completed" and auto["mode"] == "per-rung"
 
     def test_a_bad_mode_is_refused(self, media_dir: Path) -> None:
@@ -229,7 +233,7 @@ def resume(worker) -> None:
 def test_a_seam_check_failure_fails_the_job(workers, media_dir: Path) -> None:
     source = make_source(media_dir / "seams.mp4", 640, 360, duration=12)
     alpha = workers.start("seam-a", env=CHUNKED_ENV)
-    job_id = upload_nowait(source, "--mode", "chunked")
+    job_id = upload_job(source, "--mode", "chunked")
     assert hold_a_chunk(alpha, job_id) >= 1
     try:
         # one worker takes the encode queue in order: chunk 0 finished before the held one began
@@ -264,7 +268,7 @@ def test_a_straggler_is_offered_to_a_second_worker(workers, media_dir: Path) -> 
         conn.connect()
         with EventSubscription(conn, ("chunk.*",)) as events:
             slow = workers.start("slow", env=env)
-            job_id = upload_nowait(source, "--mode", "chunked")
+            job_id = upload_job(source, "--mode", "chunked")
             held = hold_a_chunk(slow, job_id)
             try:
                 workers.start("fast", env=env)

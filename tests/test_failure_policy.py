@@ -15,11 +15,10 @@ import pickle
 import signal
 import subprocess
 import uuid
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from kombu import Exchange, Producer
+from kombu import Producer
 from observe import Events, delayed_messages, processes_matching, unacked
 from support import (
     CONTROL_QUEUE_NAME,
@@ -30,23 +29,14 @@ from support import (
     jobs,
     make_video,
     storage,
+    upload_job,
     wait_for,
     wait_for_job,
 )
 from tcp_proxy import TcpProxy
 
+from config.topology import WORK_EXCHANGE
 from encodeq.failures import load_failure
-
-WORK_EXCHANGE = Exchange("encodeq", type="topic", durable=True)
-
-
-def upload(path: Path, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        ["encodeq", "upload", str(path)], capture_output=True, text=True, timeout=120,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def dead_letter_of(job_id: str, timeout: float = 60):
@@ -62,7 +52,7 @@ def test_not_a_video_fails_at_once_with_a_code_and_is_dead_lettered(workers, tmp
     workers.start("inputs")
     broken = tmp_path / "holiday.mp4"
     broken.write_bytes(os.urandom(100_000))
-    job_id = upload(broken)
+    job_id = upload_job(broken)
     manifest = wait_for_job(job_id, timeout=60)
     assert manifest.state == "failed"
     assert manifest.error is not None and manifest.error.code == "not_a_video"
@@ -83,7 +73,7 @@ def test_audio_only_file_has_no_video_stream(workers, tmp_path) -> None:
         ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=d=2", "-c:a", "aac",
          str(audio)], check=True,
     )  # fmt: skip
-    job_id = upload(audio)
+    job_id = upload_job(audio)
     manifest = wait_for_job(job_id, timeout=60)
     assert manifest.error is not None and manifest.error.code == "no_video_stream"
     assert death_reason(dead_letter_of(job_id)) == "rejected"
@@ -91,7 +81,7 @@ def test_audio_only_file_has_no_video_stream(workers, tmp_path) -> None:
 
 def test_source_over_the_duration_limit_is_refused(workers, media_dir) -> None:
     workers.start("limits", env={"ENCODEQ_MAX_DURATION_S": "1"})
-    job_id = upload(make_video(media_dir / "three-seconds.mp4", 320, 180, duration=3))
+    job_id = upload_job(make_video(media_dir / "three-seconds.mp4", 320, 180, duration=3))
     manifest = wait_for_job(job_id, timeout=60)
     assert manifest.error is not None and manifest.error.code == "too_long"
     assert manifest.renditions == []
@@ -163,7 +153,7 @@ def test_storage_outage_is_retried_through_delayed_delivery_then_completes(
                                 "ENCODEQ_RETRY_BACKOFF_MAX_S": "6",
                                 "ENCODEQ_MAX_RETRIES": "6"})  # fmt: skip
     s3_proxy.cut()
-    job_id = upload(make_video(media_dir / "outage.mp4", 320, 180, duration=2))
+    job_id = upload_job(make_video(media_dir / "outage.mp4", 320, 180, duration=2))
     # The probe fails to reach S3 and is retried later: the countdown is held by the broker in a
     # delayed-delivery queue, not by the worker (nothing unacked on the work queue meanwhile).
     wait_for(delayed_messages, 30, "a retry waiting in a delayed-delivery queue")
@@ -179,7 +169,7 @@ def test_storage_outage_past_the_retry_budget_dead_letters(workers, s3_proxy, me
     workers.start("flaky", env={"ENCODEQ_S3_ENDPOINT": s3_proxy.endpoint,
                                 "ENCODEQ_MAX_RETRIES": "2"})  # fmt: skip
     s3_proxy.cut()
-    job_id = upload(make_video(media_dir / "outage2.mp4", 320, 180, duration=2))
+    job_id = upload_job(make_video(media_dir / "outage2.mp4", 320, 180, duration=2))
     message = dead_letter_of(job_id, timeout=90)
     assert death_reason(message) == "rejected"
     assert message.headers["retries"] == 2  # the budget was spent, then it died
@@ -193,7 +183,7 @@ def test_sigkilled_worker_task_is_redelivered_and_completed_elsewhere(workers, m
     by_name = {"alpha": alpha, "beta": beta}
     source = make_video(media_dir / "long-one-rung.mp4", 426, 240, duration=30)
     with Events() as events:
-        job_id = upload(source)
+        job_id = upload_job(source)
         started = events.wait(
             lambda e: e["event"] == "rendition.started" and e["job_id"] == job_id, 60, "started"
         )
@@ -214,7 +204,7 @@ def test_sigkilled_pool_process_is_redelivered_and_recorded(workers, media_dir) 
     worker = workers.start("solo")
     source = make_video(media_dir / "long-one-rung.mp4", 426, 240, duration=30)
     with Events() as events:
-        job_id = upload(source)
+        job_id = upload_job(source)
         started = events.wait(
             lambda e: e["event"] == "rendition.started" and e["job_id"] == job_id, 60, "started"
         )
@@ -233,7 +223,7 @@ def test_crash_loop_ends_in_the_dlq_at_the_delivery_limit(workers, media_dir) ->
     source = make_video(media_dir / "poison.mp4", 426, 240, duration=30)
     kills = 0
     with Events() as events:
-        job_id = upload(source)
+        job_id = upload_job(source)
         # Every delivery of the encode dies with its process (the delivery limit is 2 in tests:
         # the third return dead-letters it).
         for _ in range(3):
@@ -256,7 +246,7 @@ def test_crash_loop_ends_in_the_dlq_at_the_delivery_limit(workers, media_dir) ->
 def test_soft_time_limit_dead_letters_instead_of_looping(workers, media_dir) -> None:
     workers.start("slow", env={"ENCODEQ_ENCODE_TIME_LIMIT_S": "2",
                                "ENCODEQ_X264_PRESET": "veryslow"})  # fmt: skip
-    job_id = upload(make_video(media_dir / "slow.mp4", 1280, 720, duration=10))
+    job_id = upload_job(make_video(media_dir / "slow.mp4", 1280, 720, duration=10))
     manifest = wait_for_job(job_id, timeout=90)
     assert manifest.state == "failed"
     assert manifest.error is not None and manifest.error.code == "timeout"
@@ -273,7 +263,7 @@ def test_redelivery_and_double_finalize_change_nothing(workers, media_dir) -> No
     from worker.app import app
 
     workers.start("dupes")
-    job_id = upload(make_video(media_dir / "dupes.mp4", 640, 360, duration=2))
+    job_id = upload_job(make_video(media_dir / "dupes.mp4", 640, 360, duration=2))
     before = wait_for_job(job_id, timeout=60)
     assert before.state == "completed"
     s = storage()

@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from support import encodeq, ffprobe, make_video, storage
+from support import download_rendition, encodeq, ffprobe, make_video, storage, upload_and_wait
 
 from encodeq.storage import RENDITIONS, parse_uri
 
@@ -24,13 +24,6 @@ def fleet():
     fleet.stop_all()
 
 
-def upload_and_wait(*paths: Path, timeout: float = 240) -> list[dict]:
-    result = encodeq("upload", *map(str, paths), "--wait", "--json", "--timeout", str(timeout))
-    assert result.returncode in (0, 1), result.stderr[-3000:]
-    doc = json.loads(result.stdout)
-    return doc if isinstance(doc, list) else [doc]
-
-
 def object_text(uri: str) -> str:
     bucket, key = parse_uri(uri)
     s = storage()
@@ -38,16 +31,6 @@ def object_text(uri: str) -> str:
     data = s.get_bytes(RENDITIONS, key)
     assert data is not None, f"{uri} does not exist"
     return data.decode()
-
-
-def download_rendition(playlist_uri: str, into: Path) -> Path:
-    """Copy a rendition (playlist and segments) out of storage; returns the local playlist."""
-    _, key = parse_uri(playlist_uri)
-    folder = key.rsplit("/", 1)[0]
-    s = storage()
-    for name in s.list_keys(RENDITIONS, folder + "/"):
-        s.download(RENDITIONS, name, into / name)
-    return into / key
 
 
 def check_rendition_plays(rendition: dict, duration: float, audio: bool, into: Path) -> None:

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -30,6 +29,7 @@ from support import (
     jobs,
     make_video,
     storage,
+    upload_job,
     wait_for,
     wait_for_job,
 )
@@ -64,13 +64,6 @@ def restart_broker() -> None:
     rabbitmqctl("await_startup")
 
 
-def upload(path: Path, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(["encodeq", "upload", str(path)], capture_output=True, text=True,
-                          timeout=180, env={**os.environ, **(env or {})})  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def assert_renditions_exactly_once(job_id: str) -> None:
     manifest = jobs().load(job_id)
     assert manifest is not None and manifest.state == "completed", manifest
@@ -84,7 +77,7 @@ def test_broker_restart_loses_nothing(workers, media_dir, broker_outage) -> None
     workers.start("r2")
     sources = [make_video(media_dir / f"restart{i}.mp4", 640, 360, duration=6) for i in range(3)]
     with Events() as events:
-        job_ids = [upload(source) for source in sources]
+        job_ids = [upload_job(source) for source in sources]
         events.wait(lambda e: e["event"] == "rendition.started", 60, "an encode to start")
     broker_outage()
     # During the outage an upload either waits and succeeds...
@@ -120,7 +113,7 @@ def test_poison_input_does_not_block_other_jobs(workers, media_dir) -> None:
     stop = threading.Event()
     kills: list[str] = []
     with Events() as events:
-        poison_id = upload(poison)
+        poison_id = upload_job(poison)
 
         def killer() -> None:
             # Every time the poison job's encode starts, its process dies (like an OOM kill).
@@ -138,7 +131,7 @@ def test_poison_input_does_not_block_other_jobs(workers, media_dir) -> None:
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
         try:
-            good_ids = [upload(g) for g in good]
+            good_ids = [upload_job(g) for g in good]
             for job_id in good_ids:
                 assert wait_for_job(job_id, timeout=120).state == "completed"
             message = wait_for(lambda: dlq_for(job_id=poison_id), 120, "the poison in the DLQ")[0]
@@ -156,13 +149,13 @@ def test_warm_shutdown_finishes_the_task_in_hand(workers, media_dir) -> None:
     first = make_video(media_dir / "warm1.mp4", 426, 240, duration=20)
     second = make_video(media_dir / "warm2.mp4", 426, 240, duration=4)
     with Events() as events:
-        first_id = upload(first)
+        first_id = upload_job(first)
         started = events.wait(lambda e: e["event"] == "rendition.started" and
                               e["job_id"] == first_id, 60, "the first encode")  # fmt: skip
         victim = leaving if started["worker"].startswith("leaving@") else staying
         survivor = staying if victim is leaving else leaving
         victim.proc.send_signal(signal.SIGTERM)  # warm shutdown: finish, ack, take nothing new
-        second_id = upload(second)
+        second_id = upload_job(second)
         assert victim.proc.wait(timeout=120) == 0
     [rendition] = wait_for_job(first_id, timeout=120).renditions
     assert rendition.worker.startswith(f"{victim.name}@")  # finished by the one shutting down
@@ -180,7 +173,7 @@ def test_storage_outage_past_the_budget_then_replay_completes(workers, media_dir
         workers.start("cutoff", env={"ENCODEQ_S3_ENDPOINT": proxy.endpoint,
                                      "ENCODEQ_MAX_RETRIES": "1"})  # fmt: skip
         proxy.cut()
-        job_id = upload(make_video(media_dir / "replayable.mp4", 320, 180, duration=2))
+        job_id = upload_job(make_video(media_dir / "replayable.mp4", 320, 180, duration=2))
         message = wait_for(lambda: dlq_for(job_id=job_id), 90, "the dead letter")[0]
         assert death_reason(message) == "rejected"
         proxy.restore()
