@@ -15,7 +15,7 @@ from rich.table import Table
 
 from config.settings import get_settings
 from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
-from encodeq.manifest import JobStore, Manifest
+from encodeq.manifest import JobStore, Manifest, is_job_id
 from encodeq.storage import Storage
 
 app = typer.Typer(
@@ -154,7 +154,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show one job's manifest."""
-    manifest = JobStore(Storage()).load(job_id) if job_id.isalnum() else None
+    manifest = JobStore(Storage()).load(job_id) if is_job_id(job_id) else None
     if manifest is None:
         fail(f"no job {job_id!r}", code=1)
     assert manifest is not None
@@ -211,7 +211,7 @@ def watch(
     from encodeq.watch import run_watch
     from worker.app import app as celery_app
 
-    if job_id is not None and not job_id.isalnum():
+    if job_id is not None and not is_job_id(job_id):
         fail(f"no job {job_id!r}", code=1)
     with celery_app.connection_for_read() as connection:
         code = run_watch(

@@ -8,6 +8,7 @@ rendition's state (written only by the task encoding that rendition). ``JobStore
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -20,6 +21,15 @@ RenditionState = Literal["pending", "encoding", "completed", "failed"]
 #: per-rung: one task per rung decodes the whole source; chunked: one task per chunk decodes it
 #: once for every rung, then a join per rung.
 EncodeMode = Literal["chunked", "per-rung"]
+
+
+#: A job id is ours: ``uuid4().hex``, made by the uploader. Anything else named as one (a forged
+#: message, a URL path) is refused before it can become part of a key.
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_job_id(value: object) -> bool:
+    return isinstance(value, str) and JOB_ID.match(value) is not None
 
 
 def now_iso() -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import quote, urlsplit
 
-from encodeq.manifest import JobStore, Manifest
+from encodeq.manifest import JobStore, Manifest, is_job_id
 from encodeq.storage import RENDITIONS, Storage, parse_uri
 
 #: A segment URL lives at least this long; longer for long videos (see ``segment_expiry``).
@@ -32,7 +32,6 @@ MIN_EXPIRY = timedelta(hours=1)
 #: S3's upper bound for a presigned URL (SigV4).
 MAX_EXPIRY = timedelta(days=7)
 _URI_ATTRIBUTE = re.compile(r'URI="([^"]*)"')
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 MPEGURL = "application/vnd.apple.mpegurl"
 
 
@@ -89,7 +88,7 @@ class Playback:
         return f"{self.api_prefix}/{job_id}/hls/master.m3u8"
 
     def _completed(self, job_id: str) -> Manifest:
-        manifest = self.jobs.load(job_id) if JOB_ID.match(job_id) else None
+        manifest = self.jobs.load(job_id) if is_job_id(job_id) else None
         if manifest is None:
             raise PlaybackError(404, "unknown_job", f"no job {job_id}")
         if manifest.state != "completed" or not manifest.master_playlist:

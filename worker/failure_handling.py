@@ -14,7 +14,6 @@ is rejected without requeue and RabbitMQ dead-letters it. This module adds what 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
@@ -30,12 +29,11 @@ from config.settings import get_settings
 from config.topology import declare_topology
 from encodeq.errors import PermanentError
 from encodeq.failures import FailureRecord, message_key, save_failure, tail
-from encodeq.manifest import ErrorInfo, JobStore
+from encodeq.manifest import ErrorInfo, JobStore, is_job_id
 from encodeq.storage import Storage
 
 logger = logging.getLogger(__name__)
 
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 #: How long, and how often, to look whether Celery's reject of a failed task went out.
 REJECT_LOOKS = 50
 REJECT_LOOK_EVERY_S = 0.1
@@ -151,7 +149,7 @@ class RecordingRequest(Request):
         return FailureRecord(
             task_id=self.id,
             task=self.name,
-            job_id=job_id if isinstance(job_id, str) and JOB_ID.match(job_id) else None,
+            job_id=job_id if is_job_id(job_id) else None,
             code=code,
             exc_type=type(exc).__name__,
             message=message,

@@ -12,7 +12,6 @@ deterministic keys and are overwritten, and finalize only ever writes the same r
 from __future__ import annotations
 
 import logging
-import re
 import statistics
 import tempfile
 import time
@@ -36,6 +35,7 @@ from encodeq.manifest import (
     Manifest,
     Rendition,
     SourceInfo,
+    is_job_id,
     now_iso,
 )
 from encodeq.storage import RENDITIONS, UPLOADS, Storage
@@ -49,7 +49,6 @@ from worker.segment_upload import SegmentUploader
 
 logger = logging.getLogger(__name__)
 
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 #: How often a running encode writes its progress into its rendition record (events go faster).
 RECORD_PROGRESS_EVERY_S = 5.0
 
@@ -60,7 +59,7 @@ def _jobs() -> JobStore:
 
 def _load(jobs: JobStore, job_id: str) -> Manifest:
     """The job of a message, or a permanent error: the id is never trusted to build a key."""
-    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+    if not is_job_id(job_id):
         raise PermanentError("bad_arguments", f"not a job id: {job_id!r}")
     manifest = jobs.load_job(job_id)
     if manifest is None:

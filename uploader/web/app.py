@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.settings import Settings, get_settings
 from config.topology import DEAD_LETTER_QUEUE_NAME
-from encodeq.manifest import JobStore, Manifest
+from encodeq.manifest import JobStore, Manifest, is_job_id
 from encodeq.monitor import WATCHED_QUEUES
 from encodeq.storage import Storage
 from uploader.playback import MPEGURL, Playback, PlaybackError
@@ -41,7 +40,6 @@ from uploader.web import dlq
 from uploader.web.hub import EventHub
 from uploader.web.intake import UploadError, drain, receive, remove, submit_received
 
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 #: A quiet SSE stream sends a comment this often, so proxies and clients know it is alive.
 KEEPALIVE_S = 15.0
 #: Jobs a listing returns at most (newest first).
@@ -192,7 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"job": f"/api/jobs/{job_id}", "master_playlist": playback.master_url(job_id)}
 
     def load_job(job_id: str) -> Manifest:
-        if not JOB_ID.match(job_id):
+        if not is_job_id(job_id):
             raise ApiError(400, "invalid_job_id", "a job id is 32 lowercase hex digits")
         manifest = jobs.load(job_id)
         if manifest is None:
