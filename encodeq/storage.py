@@ -152,6 +152,17 @@ class Storage:
             if exc.code != "NoSuchBucket":
                 raise
 
+    def remove_prefix(self, logical: str, prefix: str) -> int:
+        """Delete every object under ``prefix`` (one batched request per thousand); how many."""
+        from minio.deleteobjects import DeleteObject
+
+        keys = list(self.list_keys(logical, prefix))
+        errors = list(self.client.remove_objects(self.bucket(logical), map(DeleteObject, keys)))
+        if errors:
+            first = errors[0]
+            raise OSError(f"could not delete {first.name}: {first.code} {first.message}")
+        return len(keys)
+
     def presigned_url(self, logical: str, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         """A time-limited GET URL; buckets stay private."""
         return self._presigner.presigned_get_object(self.bucket(logical), key, expires=expires)

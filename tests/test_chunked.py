@@ -130,6 +130,11 @@ class TestChunkedJobs:
         records = [store.load_chunk(manifest["job_id"], i) for i in range(4)]
         assert all(rec is not None and rec.state == "completed" for rec in records)
         assert store.load_chunk(manifest["job_id"], AUDIO).state == "completed"
+        # the intermediates (chunk sources, per-rung chunk outputs, audio) went with completion;
+        # the upload itself stays
+        job_id = manifest["job_id"]
+        assert list(storage().list_keys(UPLOADS, f"{job_id}/chunks/")) == []
+        assert list(storage().list_keys(UPLOADS, f"{job_id}/"))
 
     def test_sparse_keyframes_take_the_accurate_split(
         self, fleet, media_dir: Path, tmp_path: Path
@@ -259,6 +264,9 @@ def test_a_seam_check_failure_fails_the_job(workers, media_dir: Path) -> None:
     # nothing of the broken rung was published, and no master playlist
     assert not list(storage().list_keys(RENDITIONS, f"{job_id}/240p/"))
     assert manifest.master_playlist is None
+    # a failed job keeps its intermediates: a replayed join needs its chunks
+    kept = set(storage().list_keys(UPLOADS, f"{job_id}/chunks/"))
+    assert f"{job_id}/chunks/src/00000.mp4" in kept and f"{job_id}/chunks/360p/00000.ts" in kept
 
 
 def test_a_straggler_is_offered_to_a_second_worker(workers, media_dir: Path) -> None:

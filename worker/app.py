@@ -55,7 +55,7 @@ def create_app() -> Celery:
         task_send_sent_event=True,
         worker_consumer="worker.failure_handling:DeadLetteringConsumer",
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        include=["worker.tasks"],
+        include=["worker.tasks", "worker.chunked_tasks"],
     )
     app.steps["consumer"].add(DeclareTopology)
     return app

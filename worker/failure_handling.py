@@ -80,10 +80,10 @@ def _fail_job(job_id: str | None, rendition: str | None, code: str, message: str
             if record is not None and record.state != "completed":
                 record.state = "failed"
                 jobs.save_rendition(job_id, record)
-        from worker import source_cache
+        from worker import host_cache
         from worker.events import emit  # late: events import the Celery app
 
-        source_cache.drop(job_id)
+        host_cache.drop(job_id)
 
         emit("job.failed", job_id=job_id, rendition=rendition, code=code, message=message)
     except Exception:
