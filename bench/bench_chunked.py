@@ -1,25 +1,30 @@
-"""Benchmark: chunk-parallel encoding against one ffmpeg doing the ladder, and 1 vs 2 workers.
+"""Benchmark: chunk-parallel encoding against one ffmpeg, against per-rung mode, and its scaling.
 
 Side by side in one run, same source, same rungs, same encoder settings (worker/encoder.py):
 
-  (a) one ffmpeg process, decode once, every rung an output of one filter graph
-  (c) the chunked pipeline with 2 workers, upload to completed          target c/a <= 1.05
-  (c1) the same with ENCODEQ_FFMPEG_THREADS=1 (one worker per core: no oversubscription)
+  (a)  one ffmpeg process, decode once, every rung an output of one filter graph
+  (p)  the per-rung pipeline with 2 workers, upload to completed (one decode per rung)
+  (c)  the chunked pipeline with 2 workers, upload to completed          target c/a <= 1.05
   (s1, s2) the chunked pipeline with 1 and 2 workers, each pinned to its own core
       (``taskset -c N encodeq worker``) with ENCODEQ_FFMPEG_THREADS=1: N single-core hosts.
       speed-up s1/s2 (target >= 1.8) and efficiency; then, on paper, 8 and 32 hosts from the
-      measured per-chunk time and serial part (probe + split + join + finalize + queue).
+      measured per-chunk time and serial part (probe + split + joins + finalize + queue).
+
+For (c) it breaks the time into phases (upload; probe and split; chunks; joins and finalize) and
+reports the CPU the embedded S3 server took from the two cores the workers run on.
 
 Sources: ``--source 1080p60`` (60 s 1080p) and ``--source 720p300`` (5 min 720p); ``--quick``
-(24 s 720p, 4 s chunks) for a busy machine. Runs on a vhost and an S3 server of its own.
+(24 s 720p, 4 s chunks) for a busy machine. ``--plot FILE.png`` draws the table (matplotlib, the
+``bench`` extra); ``--json FILE`` keeps the numbers. Runs on a vhost and an S3 server of its own.
 
     python bench/bench_chunked.py --quick
-    python bench/bench_chunked.py --source 1080p60 --source 720p300
+    python bench/bench_chunked.py --source 1080p60 --source 720p300 --plot docs/bench_chunked.png
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -27,31 +32,53 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from isolation import isolated_stack  # noqa: E402
+from isolation import isolated_stack, run_job, worker_fleet  # noqa: E402
 
 SOURCES: dict[str, tuple[int, int, float, int]] = {
-    # name: width, height, seconds, chunk seconds
+    # name: width, height, seconds, chunk seconds (a multiple of the 4 s segment: an even number
+    # of chunks keeps the last wave of 2 workers full)
     "quick": (1280, 720, 24.0, 4),
-    "1080p60": (1920, 1080, 60.0, 12),
-    "720p300": (1280, 720, 300.0, 30),
+    "1080p60": (1920, 1080, 60.0, 8),
+    "720p300": (1280, 720, 300.0, 32),
 }
+HOSTS = (1, 2, 4, 8, 16, 32)
 
 
 @dataclass
-class Run:
+class Chunked:
+    """One chunked job: wall time, phases, and what each chunk took."""
+
     seconds: float
     chunks: int
     chunk_seconds: list[float]
     split: str
-    workers: dict[int, str]
+    phases: dict[str, float]
+    local_cpu_seconds: float
+
+
+@dataclass
+class Result:
+    name: str
+    width: int
+    height: int
+    duration: float
+    chunk_length: int
+    times: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+    local_cpu_seconds: float = 0.0
+    chunks: int = 0
+    split: str = ""
+    per_chunk_s: float = 0.0
+    serial_s: float = 0.0
+    model: dict[int, float] = field(default_factory=dict)
 
 
 def make_source(path: Path, width: int, height: int, duration: float) -> Path:
@@ -67,95 +94,56 @@ def make_source(path: Path, width: int, height: int, duration: float) -> Path:
     return path
 
 
-def one_process(source: Path, out: Path, threads: int) -> float:
+def one_process(source: Path, out: Path) -> float:
     """(a) one ffmpeg, one decode, every rung (bench_pipeline's variant (a))."""
     from bench_pipeline import one_process_all_rungs
 
-    from config.settings import get_settings
-
-    get_settings.cache_clear()
-    os.environ["ENCODEQ_FFMPEG_THREADS"] = str(threads)
-    try:
-        return one_process_all_rungs(source, out)
-    finally:
-        os.environ.pop("ENCODEQ_FFMPEG_THREADS", None)
-        get_settings.cache_clear()
+    return one_process_all_rungs(source, out)
 
 
-def _consumers(url: str, queue: str) -> int:
-    from kombu import Connection
-
-    try:
-        with Connection(url) as conn:
-            return conn.default_channel.queue_declare(queue, passive=True)[2]
-    except Exception:
-        return 0
+def per_rung_pipeline(source: Path) -> float:
+    """(p) the per-rung pipeline, 2 workers, upload to completed."""
+    with worker_fleet(2):
+        return run_job(source, mode="per-rung").seconds
 
 
-def chunked_pipeline(
-    source: Path, workers: int, env: dict[str, str], pinned: bool, threads: int | None = None
-) -> Run:
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def chunked_pipeline(source: Path, workers: int, pinned: bool) -> Chunked:
     """Upload -> probe/split -> chunks on competing workers -> joins -> finalize -> completed."""
-    from config.settings import Settings
-    from config.topology import ENCODE_QUEUE_NAME
     from encodeq.manifest import JobStore
     from encodeq.storage import Storage
-    from uploader.submit import submit
 
-    worker_env = {**os.environ, **env}
-    if pinned or threads is not None:
-        worker_env["ENCODEQ_FFMPEG_THREADS"] = str(threads or 1)
-    url = Settings().broker_url
-    before = _consumers(url, ENCODE_QUEUE_NAME)
-    procs = []
-    for i in range(workers):
-        argv = ["encodeq", "worker", "--concurrency", "1", "--loglevel", "WARNING",
-                "--hostname", f"bench{i}@%h"]  # fmt: skip
-        if pinned:
-            argv = ["taskset", "-c", str(i % (os.cpu_count() or 1)), *argv]
-        quiet = subprocess.DEVNULL
-        procs.append(
-            subprocess.Popen(
-                argv, env=worker_env, stdout=quiet, stderr=quiet, start_new_session=True
-            )
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while _consumers(url, ENCODE_QUEUE_NAME) < before + workers:
-            if time.monotonic() > deadline:
-                raise RuntimeError("workers did not start")
-            time.sleep(0.2)
-        storage = Storage()
-        jobs = JobStore(storage)
-        started = time.perf_counter()
-        job_id = submit(source, storage, mode="chunked").job_id
-        while True:
-            manifest = jobs.load_job(job_id)
-            if manifest is not None and manifest.finished:
-                break
-            time.sleep(0.1)
-        elapsed = time.perf_counter() - started
-        if manifest.state != "completed" or manifest.chunks is None:
-            raise RuntimeError(f"chunked job failed: {manifest.error}")
-        records = [jobs.load_chunk(job_id, i) for i in range(manifest.chunks.count)]
-        return Run(
-            seconds=elapsed,
-            chunks=manifest.chunks.count,
-            chunk_seconds=[r.seconds or 0.0 for r in records if r is not None],
-            split=manifest.chunks.split,
-            workers={r.index: (r.worker or "").split("@")[0] for r in records if r is not None},
-        )
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
+    env = {"ENCODEQ_FFMPEG_THREADS": "1"} if pinned else {}
+    with worker_fleet(workers, env, pin=pinned):
+        run = run_job(source, mode="chunked")
+    jobs = JobStore(Storage())
+    manifest = jobs.load_job(run.job_id)
+    assert manifest is not None and manifest.chunks is not None
+    records = [jobs.load_chunk(run.job_id, i) for i in range(manifest.chunks.count)]
+    done = [r for r in records if r is not None and r.started_at and r.seconds is not None]
+    first = min(_epoch(r.started_at or "") for r in done)
+    last = max(_epoch(r.started_at or "") + (r.seconds or 0.0) for r in done)
+    uploaded = run.started_at + run.upload_seconds
+    phases = {
+        "upload": run.upload_seconds,
+        "probe + split": first - uploaded,
+        "chunks": last - first,
+        "joins + finalize": run.started_at + run.seconds - last,
+    }
+    return Chunked(
+        seconds=run.seconds,
+        chunks=manifest.chunks.count,
+        chunk_seconds=[r.seconds or 0.0 for r in done],
+        split=manifest.chunks.split,
+        phases=phases,
+        local_cpu_seconds=run.local_cpu_seconds,
+    )
 
 
-def model(t1: Run, hosts: int) -> float:
+def model(t1: Chunked, hosts: int) -> float:
     """Time on ``hosts`` single-core hosts: the serial part plus the chunk waves.
 
     serial = T1 - (sum of chunk task times on 1 host); each wave costs one mean chunk task.
@@ -165,54 +153,106 @@ def model(t1: Run, hosts: int) -> float:
     return serial + math.ceil(t1.chunks / hosts) * per_chunk
 
 
-def bench(name: str, tmp: Path, repeat: int) -> None:
+def bench(name: str, tmp: Path, repeat: int) -> Result:
     width, height, duration, chunk = SOURCES[name]
-    env = {"ENCODEQ_CHUNK_SECONDS": str(chunk), "ENCODEQ_STRAGGLER_MIN_S": "600"}
-    os.environ.update(env)  # the uploader process reads settings too
+    os.environ["ENCODEQ_CHUNK_SECONDS"] = str(chunk)  # workers and the uploader read settings
+    os.environ["ENCODEQ_STRAGGLER_MIN_S"] = "600"  # equal chunks: no straggler re-offers
     source = make_source(tmp / f"{name}.mp4", width, height, duration)
     print(f"\n== {name}: {width}x{height}, {duration:.0f}s, 30 fps, chunks of {chunk}s, "
-          f"{source.stat().st_size / 1e6:.1f} MB; cores: {os.cpu_count()}")  # fmt: skip
-    a, c, c1, s1, s2 = [], [], [], [], []
-    last: dict[str, Run] = {}
+          f"{source.stat().st_size / 1e6:.1f} MB; cores: {os.cpu_count()}", flush=True)  # fmt: skip
+    runs: dict[str, list[float]] = {k: [] for k in ("a", "p", "c", "s1", "s2")}
+    cs: list[Chunked] = []
+    s1s: list[Chunked] = []
     for i in range(repeat):
         out = tmp / f"a{i}"
         out.mkdir()
-        a.append(one_process(source, out, threads=0))
+        runs["a"].append(one_process(source, out))
         shutil.rmtree(out)
-        last["c"] = chunked_pipeline(source, 2, env, pinned=False)
-        c.append(last["c"].seconds)
-        c1.append(chunked_pipeline(source, 2, env, pinned=False, threads=1).seconds)
-        last["s1"] = chunked_pipeline(source, 1, env, pinned=True)
-        s1.append(last["s1"].seconds)
-        last["s2"] = chunked_pipeline(source, 2, env, pinned=True)
-        s2.append(last["s2"].seconds)
-    runs = (("a", a), ("c", c), ("c1", c1), ("s1", s1), ("s2", s2))
-    med = {k: statistics.median(v) for k, v in runs}
+        runs["p"].append(per_rung_pipeline(source))
+        cs.append(chunked_pipeline(source, 2, pinned=False))
+        runs["c"].append(cs[-1].seconds)
+        s1s.append(chunked_pipeline(source, 1, pinned=True))
+        runs["s1"].append(s1s[-1].seconds)
+        runs["s2"].append(chunked_pipeline(source, 2, pinned=True).seconds)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    c_mid = sorted(cs, key=lambda r: r.seconds)[len(cs) // 2]
+    s1_mid = sorted(s1s, key=lambda r: r.seconds)[len(s1s) // 2]
+    result = Result(name, width, height, duration, chunk, times=med, phases=c_mid.phases,
+                    local_cpu_seconds=c_mid.local_cpu_seconds, chunks=s1_mid.chunks,
+                    split=s1_mid.split, per_chunk_s=statistics.mean(s1_mid.chunk_seconds),
+                    serial_s=max(0.0, s1_mid.seconds - sum(s1_mid.chunk_seconds)),
+                    model={h: model(s1_mid, h) for h in HOSTS})  # fmt: skip
+    report(result)
+    return result
+
+
+def report(r: Result) -> None:
+    t = r.times
     rows = [
-        ("a", "one ffmpeg, every rung from one decode", med["a"]),
-        ("c", "chunked pipeline, 2 workers, upload->done", med["c"]),
-        ("c1", "the same, 1 ffmpeg thread per worker", med["c1"]),
-        ("s1", "chunked, 1 worker pinned, 1 thread", med["s1"]),
-        ("s2", "chunked, 2 workers pinned, 1 thread each", med["s2"]),
+        ("a", "one ffmpeg, every rung from one decode"),
+        ("p", "per-rung pipeline, 2 workers, upload->done"),
+        ("c", "chunked pipeline, 2 workers, upload->done"),
+        ("s1", "chunked, 1 worker pinned, 1 thread"),
+        ("s2", "chunked, 2 workers pinned, 1 thread each"),
     ]
     print(f"{'':3} {'variant':44} {'seconds':>8}")
-    for key, label, seconds in rows:
-        print(f"{key:3} {label:44} {seconds:8.2f}")
-    speedup = med["s1"] / med["s2"]
-    run1 = last["s1"]
-    ratios = f"c/a = {med['c'] / med['a']:.3f}, c1/a = {med['c1'] / med['a']:.3f}"
-    print(f"\n{ratios}  (target <= 1.05)")
+    for key, label in rows:
+        print(f"{key:3} {label:44} {t[key]:8.2f}")
+    print(f"\nc/a = {t['c'] / t['a']:.3f}  (target <= 1.05);  p/a = {t['p'] / t['a']:.3f};  "
+          f"c/p = {t['c'] / t['p']:.3f}")  # fmt: skip
+    phases = ", ".join(f"{k} {v:.2f}s" for k, v in r.phases.items())
+    print(f"(c) phases: {phases}; embedded S3 server + uploader CPU {r.local_cpu_seconds:.1f}s")
+    speedup = t["s1"] / t["s2"]
     print(f"speed-up s1/s2 = {speedup:.2f}x, efficiency {speedup / 2:.0%}  (target >= 1.8x)")
-    per_chunk = statistics.mean(run1.chunk_seconds)
-    serial = max(0.0, run1.seconds - sum(run1.chunk_seconds))
-    print(f"split: {run1.split}; {run1.chunks} chunks; mean chunk task {per_chunk:.2f}s on one "
-          f"core; serial part {serial:.2f}s (probe+split, audio, joins, finalize)")  # fmt: skip
+    print(f"split: {r.split}; {r.chunks} chunks; mean chunk task {r.per_chunk_s:.2f}s on one "
+          f"core; serial part {r.serial_s:.2f}s (probe+split, audio, joins, finalize)")  # fmt: skip
     print(f"\n{'hosts':>5} {'model s':>8} {'speed-up':>9} {'efficiency':>10}")
-    for hosts in (1, 2, 8, 32):
-        t = model(run1, hosts)
-        up = model(run1, 1) / t
-        print(f"{hosts:5d} {t:8.2f} {up:8.2f}x {up / hosts:10.0%}")
-    print("(measured 2-host speed-up above; 8/32 are the model: serial part + waves of chunks)")
+    for hosts, seconds in r.model.items():
+        up = r.model[1] / seconds
+        print(f"{hosts:5d} {seconds:8.2f} {up:8.2f}x {up / hosts:10.0%}")
+    print("(2 hosts measured above; the rest is the model: serial part + waves of chunks)")
+
+
+def plot(results: list[Result], path: Path) -> None:
+    """Bars of the variants per source (as a ratio to one ffmpeg), and the modelled scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curve) = plt.subplots(1, 2, figsize=(11, 4.2))
+    keys = ["a", "p", "c", "s2", "s1"]
+    labels = ["one ffmpeg", "per-rung, 2 w", "chunked, 2 w", "chunked, 2 pinned", "1 pinned"]
+    width = 0.8 / len(results)
+    for i, r in enumerate(results):
+        xs = [k + i * width for k in range(len(keys))]
+        heights = [r.times[k] / r.times["a"] for k in keys]
+        bars.bar(xs, heights, width, label=f"{r.name} ({r.times['a']:.0f}s = 1)")
+        for x, h in zip(xs, heights, strict=True):
+            bars.text(x, h + 0.02, f"{h:.2f}", ha="center", fontsize=7)
+    bars.set_xticks([k + width * (len(results) - 1) / 2 for k in range(len(keys))], labels,
+                    rotation=15, fontsize=8)  # fmt: skip
+    bars.axhline(1.05, color="grey", linestyle="--", linewidth=0.8)
+    bars.set_ylabel("time / one ffmpeg (upload to completed)")
+    bars.set_title("2 cores: encodeq against one ffmpeg")
+    bars.legend(fontsize=8)
+    for r in results:
+        ups = [r.model[1] / r.model[h] for h in HOSTS]
+        curve.plot(HOSTS, ups, marker="o", label=f"{r.name}: {r.chunks} chunks (model)")
+        measured = r.times["s1"] / r.times["s2"]
+        curve.plot([2], [measured], marker="x", markersize=9, color="black")
+    curve.plot(HOSTS, HOSTS, color="grey", linestyle=":", label="linear")
+    curve.set_xscale("log", base=2)
+    curve.set_yscale("log", base=2)
+    curve.set_xticks(HOSTS, [str(h) for h in HOSTS])
+    curve.set_xlabel("single-core hosts (x: measured at 2)")
+    curve.set_ylabel("speed-up over 1 host")
+    curve.set_title("Scaling: serial part + waves of chunks")
+    curve.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"\nplot: {path}")
 
 
 def main() -> None:
@@ -220,11 +260,18 @@ def main() -> None:
     parser.add_argument("--source", action="append", choices=sorted(SOURCES), default=[])
     parser.add_argument("--quick", action="store_true", help="24 s 720p only (a busy machine)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the median counts")
+    parser.add_argument("--plot", type=Path, help="draw the results into this PNG")
+    parser.add_argument("--json", type=Path, help="write the results into this JSON file")
     args = parser.parse_args()
     names = ["quick"] if args.quick or not args.source else args.source
+    results = []
     with isolated_stack("bench-chunked"), tempfile.TemporaryDirectory() as tmp_dir:
         for name in names:
-            bench(name, Path(tmp_dir), args.repeat)
+            results.append(bench(name, Path(tmp_dir), args.repeat))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    if args.plot:
+        plot(results, args.plot)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from isolation import isolated_stack  # noqa: E402
+from isolation import isolated_stack, run_job, worker_fleet  # noqa: E402
 
 
 def make_source(path: Path, width: int, height: int, duration: float) -> Path:
@@ -97,59 +97,14 @@ def process_per_rung(source: Path, out: Path, parallel: int = 2) -> float:
 
 def pipeline(source: Path, workers: int = 2) -> tuple[float, dict[str, str]]:
     """(c) upload -> probe -> encode x N on competing workers -> finalize -> completed."""
-    from kombu import Connection
-
-    from config.settings import get_settings
-    from config.topology import ENCODE_QUEUE_NAME
     from encodeq.manifest import JobStore
     from encodeq.storage import Storage
-    from uploader.submit import submit
 
-    argv = ["encodeq", "worker", "--concurrency", "1", "--loglevel", "WARNING", "--hostname"]
-    procs = [
-        subprocess.Popen(
-            [*argv, f"bench{i}@%h"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        for i in range(workers)
-    ]
-    try:
-        with Connection(get_settings().broker_url) as conn:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    consumers = conn.default_channel.queue_declare(ENCODE_QUEUE_NAME, passive=True)[
-                        2
-                    ]
-                except Exception:
-                    conn.close()
-                    consumers = 0
-                if consumers >= workers:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("workers did not start")
-                time.sleep(0.2)
-        storage = Storage()
-        jobs = JobStore(storage)
-        started = time.perf_counter()
-        job_id = submit(source, storage).job_id
-        while True:
-            manifest = jobs.load_job(job_id)
-            if manifest is not None and manifest.finished:
-                break
-            time.sleep(0.1)
-        elapsed = time.perf_counter() - started
-        if manifest.state != "completed":
-            raise RuntimeError(f"pipeline job failed: {manifest.error}")
-        full = jobs.load(job_id)
-        return elapsed, {r.name: r.worker or "" for r in full.renditions}
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=60)
+    with worker_fleet(workers):
+        run = run_job(source, mode="per-rung")
+    full = JobStore(Storage()).load(run.job_id)
+    assert full is not None
+    return run.seconds, {r.name: r.worker or "" for r in full.renditions}
 
 
 def main() -> None:

@@ -1,12 +1,17 @@
-"""A vhost and an embedded S3 server of a benchmark's own, so a run never touches anyone's state."""
+"""What every benchmark needs: a vhost and an embedded S3 server of its own (so a run never touches
+anyone's state), workers to start and stop, and a job to time from upload to completed."""
 
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from encodeq.s3server import EmbeddedS3
 
@@ -45,3 +50,93 @@ def isolated_stack(name: str) -> Iterator[dict[str, str]]:
         subprocess.run(
             ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60
         )
+
+
+def consumers(url: str, queue: str) -> int:
+    """Consumers of ``queue`` now (0 while the queue does not exist yet)."""
+    from kombu import Connection
+
+    from encodeq.monitor import queue_depths
+
+    with Connection(url) as conn:
+        return queue_depths(conn, (queue,))[0].consumers or 0
+
+
+@contextmanager
+def worker_fleet(
+    count: int, env: dict[str, str] | None = None, pin: bool = False
+) -> Iterator[None]:
+    """``count`` ``encodeq worker --concurrency 1`` processes (each pinned to its own core with
+    ``taskset`` when ``pin``), consuming before the block starts, stopped warm after it."""
+    from config.settings import Settings
+    from config.topology import ENCODE_QUEUE_NAME
+
+    url = Settings().broker_url
+    before = consumers(url, ENCODE_QUEUE_NAME)
+    procs = []
+    for i in range(count):
+        argv = ["encodeq", "worker", "--concurrency", "1", "--loglevel", "WARNING",
+                "--hostname", f"bench{i}@%h"]  # fmt: skip
+        if pin:
+            argv = ["taskset", "-c", str(i % (os.cpu_count() or 1)), *argv]
+        procs.append(
+            subprocess.Popen(
+                argv,
+                env={**os.environ, **(env or {})},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while consumers(url, ENCODE_QUEUE_NAME) < before + count:
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not start")
+            time.sleep(0.2)
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+
+
+@dataclass
+class JobRun:
+    job_id: str
+    #: Upload started to job completed, and the upload alone (until the probe was queued).
+    seconds: float
+    upload_seconds: float
+    started_at: float
+    #: CPU seconds this process spent meanwhile: the uploader, and the embedded S3 server, which
+    #: shares the machine with the workers (MinIO on its own host would not).
+    local_cpu_seconds: float
+
+
+def run_job(source: Path, mode: str | None = None) -> JobRun:
+    """Upload ``source`` and wait for its job to complete (a failed job raises)."""
+    from encodeq.manifest import JobStore
+    from encodeq.storage import Storage
+    from uploader.submit import submit
+
+    storage = Storage()
+    jobs = JobStore(storage)
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    started_at, started = time.time(), time.perf_counter()
+    job_id = submit(source, storage, mode=mode).job_id
+    uploaded = time.perf_counter() - started
+    while True:
+        manifest = jobs.load_job(job_id)
+        if manifest is not None and manifest.finished:
+            break
+        time.sleep(0.1)
+    elapsed = time.perf_counter() - started
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    if manifest.state != "completed":
+        raise RuntimeError(f"job {job_id} failed: {manifest.error}")
+    local_cpu = now.ru_utime - cpu.ru_utime + now.ru_stime - cpu.ru_stime
+    return JobRun(job_id, elapsed, uploaded, started_at, local_cpu)
