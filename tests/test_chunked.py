@@ -154,6 +154,32 @@ class TestChunkedJobs:
         [video] = [s for s in info["streams"] if s["codec_type"] == "video"]
         assert int(video["nb_read_frames"]) == 175
 
+    def test_an_open_gop_source_is_cut_accurately_where_the_copy_cut_misses(
+        self, fleet, media_dir: Path, tmp_path: Path
+    ) -> None:
+        # Open GOPs: keyframes sit on the grid, but B-frames shown before each keyframe follow it
+        # in decode order, so a stream-copy cut would move them into the next chunk.
+        source = media_dir / "open-gop.mp4"
+        subprocess.run(
+            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+             "-f", "lavfi", "-i", "testsrc2=s=426x240:r=25:d=6",
+             "-f", "lavfi", "-i", "sine=f=440:d=6", "-c:v", "libx264", "-preset", "ultrafast",
+             "-g", "50", "-keyint_min", "50", "-sc_threshold", "0", "-bf", "3",
+             "-x264-params", "open-gop=1:b-pyramid=0", "-pix_fmt", "yuv420p",
+             "-c:a", "aac", "-shortest", str(source)],
+            check=True, timeout=60,
+        )  # fmt: skip
+        manifest = upload_and_wait(source, options=("--mode", "chunked"))[0]
+        assert manifest["state"] == "completed", manifest["error"]
+        chunks = manifest["chunks"]
+        assert chunks["split"] == "accurate" and "missed the plan" in chunks["reason"]
+        assert chunks["frames"] == [50, 50, 50]
+        [r] = manifest["renditions"]
+        assert r["seam_check"]["passed"] and r["seam_check"]["frames"] == 150
+        info = decoded(download_rendition(r["playlist"], tmp_path))
+        [video] = [s for s in info["streams"] if s["codec_type"] == "video"]
+        assert int(video["nb_read_frames"]) == 150
+
     def test_rotated_phone_video_keeps_its_rotation_through_the_chunks(
         self, fleet, media_dir: Path, tmp_path: Path
     ) -> None:

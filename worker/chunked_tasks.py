@@ -1,9 +1,10 @@
 """Chunked mode: cut the source into chunks, encode every rung of a chunk from one decode, on
 competing workers, then join each rung and check its seams.
 
-probe (worker/tasks.py) calls ``split`` and ``fan_out``: encode_audio (once for the whole source)
-and one encode_chunk per chunk -> join (one per rung, once every chunk and the audio exist; seam
-checked) -> finalize. watch_chunks offers stragglers to a second worker.
+probe (worker/tasks.py) calls ``plan``, records the plan, then ``cut_and_fan_out``: encode_audio
+(once for the whole source) and one encode_chunk per chunk, each published as soon as its chunk is
+cut -> join (one per rung, once every chunk and the audio exist; seam checked) -> finalize.
+watch_chunks offers stragglers to a second worker.
 
 Intermediate objects live under ``uploads/<job>/chunks/`` (sources, per-rung outputs, audio) and go
 when the job completes; a failed job keeps them, so a replayed message finds what it needs. Every
@@ -49,31 +50,52 @@ def _audio_key(job_id: str) -> str:
     return f"{job_id}/chunks/audio.ts"
 
 
-def split(
-    storage: Storage, manifest: Manifest, source: Path, result: ProbeResult, folder: Path
-) -> None:
-    """Cut the source (stream copy at keyframes, else accurately) and upload the chunks."""
-    settings = get_settings()
+def plan(source: Path, result: ProbeResult) -> chunking.SplitPlan:
+    """Where the source will be cut, from its packets (the job records it before any cut)."""
     try:
-        plan, files = chunking.split(source, folder / "chunks", result.frame_rate, settings)
+        return chunking.plan(source, result.frame_rate, get_settings())
     except process.ProcessFailed as exc:
-        raise EncodeError("split_failed", f"ffmpeg could not split the source: {exc}") from None
-    job_id = manifest.job_id
-    for index, path in enumerate(files):
-        host_cache.put(storage, job_id, UPLOADS, _chunk_source_key(job_id, index), path,
-                       "video/mp4")  # fmt: skip
-    manifest.chunks = plan
+        raise EncodeError("split_failed", f"ffprobe could not read the packets: {exc}") from None
 
 
-def fan_out(manifest: Manifest) -> None:
-    """Publish the audio, then one encode per chunk, then the straggler watchdog."""
-    assert manifest.chunks is not None
+def cut_and_fan_out(
+    storage: Storage,
+    jobs: JobStore,
+    manifest: Manifest,
+    source: Path,
+    split_plan: chunking.SplitPlan,
+    folder: Path,
+) -> None:
+    """Publish the audio and the straggler watchdog, then cut the source and publish each chunk's
+    encode the moment the chunk is uploaded: the first chunks encode while the rest is cut.
+
+    ``manifest`` (with the plan) is saved before this runs, so every chunk task finds its chunk.
+    """
     job_id = manifest.job_id
+    settings = get_settings()
     if manifest.source.has_audio:  # first: it runs beside the chunks, not after them (FIFO queue)
         encode_audio.apply_async(args=[job_id])
-    for index in range(manifest.chunks.count):
+    watch_chunks.apply_async(args=[job_id, []], countdown=settings.straggler_check_s)
+
+    def ready(index: int, path: Path) -> None:
+        key = _chunk_source_key(job_id, index)
+        host_cache.put(storage, job_id, UPLOADS, key, path, "video/mp4")
         encode_chunk.apply_async(args=[job_id, index])
-    watch_chunks.apply_async(args=[job_id, []], countdown=get_settings().straggler_check_s)
+
+    def fallback(reason: str) -> None:
+        # Recorded before the first accurately cut chunk is published (so before any join can
+        # run, and finalize after it); only the plan's fields change.
+        current = load_job(jobs, job_id)
+        assert current.chunks is not None
+        current.chunks = current.chunks.model_copy(update={"split": "accurate", "reason": reason})
+        jobs.save(current)
+        logger.warning("job %s: %s; cutting the rest accurately", job_id, reason)
+
+    frame_rate = manifest.source.frame_rate or 0.0
+    try:
+        chunking.split(source, folder / "chunks", split_plan, frame_rate, settings, ready, fallback)
+    except process.ProcessFailed as exc:
+        raise EncodeError("split_failed", f"ffmpeg could not split the source: {exc}") from None
 
 
 def remove_intermediates(storage: Storage, job_id: str) -> None:

@@ -1,18 +1,27 @@
 """Cut a source into chunks for chunk-parallel encoding: at keyframes by stream copy, or accurately.
 
+``plan`` decides the cuts from the source's packets alone (no decode), so the job knows every chunk
+(its start, frame count and duration) before the first one is cut; ``split`` then cuts them and
+hands each over the moment ffmpeg closes it, so chunks are uploaded and encoded while the rest of
+the source is still being cut.
+
 Every chunk starts on the HLS segment grid (a multiple of ``segment_seconds`` from the first frame),
 so the forced keyframes of each chunk's encode fall where a whole-source encode would put them and
 every rung cuts its segments at the same instants. The stream-copy split is taken only when the
 source has a keyframe on that grid near every target boundary (within half a frame); otherwise the
 source is decoded once and re-encoded losslessly (x264 ``-qp 0``) with keyframes forced exactly on
-the boundaries: slower, never wrong. Either way the chunks' frame counts must add up to the
-source's, or the split is refused.
+the boundaries: slower, never wrong. Either way every chunk must hold exactly the frames the plan
+gave it: a copy cut that does not (an open GOP, a keyframe off by more than the plan assumed) hands
+the rest of the source to the accurate split, and an accurate cut that does not fails the job.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +33,10 @@ from worker.encoder import GLOBAL_ARGS
 from worker.probe import safe_input_args
 
 CHUNK_PATTERN = "chunk_%05d.mp4"
+#: ffmpeg appends a line here as it closes each chunk.
+CHUNK_LIST = "chunks.csv"
+#: How often ffmpeg reports progress during a split, i.e. how soon a closed chunk is noticed.
+SPLIT_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -93,75 +106,149 @@ def plan_cuts(
     return starts, None
 
 
-def split(
-    source: Path, out_dir: Path, frame_rate: float, settings: Settings, force_accurate: bool = False
-) -> tuple[ChunkPlan, list[Path]]:
-    """Cut ``source`` into chunk files in ``out_dir`` (video only): the plan and the files."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class SplitPlan:
+    """The chunks, where exactly each cut falls (seconds from the first frame), and the first
+    frame's own timestamp (the stream-copy split cuts on the source's timeline)."""
+
+    chunks: ChunkPlan
+    cuts: list[float]
+    first_pts: float
+
+
+class ChunkMismatch(Exception):
+    """A cut chunk does not hold the frames the plan gave it."""
+
+    def __init__(self, index: int, frames: int, expected: int) -> None:
+        super().__init__(f"chunk {index} holds {frames} frames, not {expected}")
+        self.index = index
+
+
+def plan(source: Path, frame_rate: float, settings: Settings) -> SplitPlan:
+    """Where to cut ``source``, from its packets: each chunk's start, frames and duration."""
     length = chunk_length(settings)
     packets = video_packets(source, settings)
     if not packets.frames:
         raise EncodeError("split_failed", "the source has no video packets to split")
     starts, reason = plan_cuts(packets, frame_rate, length, settings)
-    if force_accurate and reason is None:
-        reason = "accurate split requested"
     first = min(packets.pts)
-    if reason is None:
-        files = _copy_split(source, out_dir, [first + s for s in starts[1:]], frame_rate, settings)
-        counted = [video_packets(f, settings, trusted=True) for f in files]
-        if len(files) != len(starts) or sum(c.frames for c in counted) != packets.frames:
-            reason = "the stream-copy split did not partition the frames exactly"
-            for f in files:
-                f.unlink()
-    if reason is not None:
-        files = _accurate_split(source, out_dir, starts[1:], settings)
-        counted = [video_packets(f, settings, trusted=True) for f in files]
-    if len(files) != len(starts) or sum(c.frames for c in counted) != packets.frames:
-        raise EncodeError(
-            "split_failed",
-            f"{len(files)} chunks with {sum(c.frames for c in counted)} frames, "
-            f"expected {len(starts)} with {packets.frames}",
-        )
-    ordered = sorted(t - first for t in packets.pts)
+    frame = sorted((t - first, d or 1 / frame_rate) for t, d in zip(packets.pts, packets.durations,
+                                                                       strict=True))  # fmt: skip
+    times = [t for t, _ in frame]
+    half_frame = 0.5 / frame_rate
+    if reason is None:  # cut at the keyframe itself, which may sit up to half a frame off the grid
+        keys = [t - first for t, k in zip(packets.pts, packets.keyframe, strict=True) if k]
+        cuts = [min(keys, key=lambda t, s=s: abs(t - s)) for s in starts[1:]]
+    else:  # the accurate split forces a keyframe on the first frame at or after each start
+        cuts = list(starts[1:])
+    edges = [-math.inf, *(c - 1e-6 for c in cuts), math.inf]
+    frames, durations = [], []
+    for lo, hi in itertools.pairwise(edges):
+        inside = [(t, d) for t, d in frame if lo <= t < hi]
+        frames.append(len(inside))
+        durations.append(round(inside[-1][0] + inside[-1][1] - inside[0][0], 6) if inside else 0)
+    if 0 in frames:
+        raise EncodeError("split_failed", f"a chunk would be empty: cuts at {cuts}")
     intervals = []
-    for start in starts[1:]:
-        after = next(i for i, t in enumerate(ordered) if t >= start - 0.5 / frame_rate)
-        intervals.append(round(ordered[after] - ordered[after - 1], 6))
-    plan = ChunkPlan(
+    for cut in cuts:
+        after = next(i for i, t in enumerate(times) if t >= cut - half_frame)
+        intervals.append(round(times[after] - times[after - 1], 6))
+    chunks = ChunkPlan(
         split="copy" if reason is None else "accurate",
         seconds=length,
         starts=[round(s, 6) for s in starts],
-        frames=[c.frames for c in counted],
-        durations=[round(c.span(1 / frame_rate), 6) for c in counted],
+        frames=frames,
+        durations=durations,
         reason=reason,
         seam_intervals=intervals,
     )
-    return plan, files
+    return SplitPlan(chunks, cuts, first)
 
 
-def _copy_split(
-    source: Path, out_dir: Path, cuts: list[float], frame_rate: float, settings: Settings
-) -> list[Path]:
+def split(
+    source: Path,
+    out_dir: Path,
+    split_plan: SplitPlan,
+    frame_rate: float,
+    settings: Settings,
+    ready: Callable[[int, Path], None],
+    fallback: Callable[[str], None],
+) -> None:
+    """Cut ``source`` as planned, calling ``ready(index, file)`` for each chunk as soon as it is
+    closed and verified. A copy cut that misses the plan calls ``fallback(reason)``, then cuts the
+    chunks from there on accurately (those before it were right, and stay handed over)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chunks = split_plan.chunks
+    start = 0
+    if chunks.split == "copy":
+        try:
+            cuts = [split_plan.first_pts + c for c in split_plan.cuts]
+            _cut(_copy_args(source, out_dir, cuts, frame_rate), out_dir, chunks, settings, ready)
+            return
+        except ChunkMismatch as exc:
+            start = exc.index
+            fallback(f"the stream-copy split missed the plan: {exc}")
+            for f in out_dir.iterdir():
+                f.unlink()
+    try:
+        _cut(_accurate_args(source, out_dir, split_plan.cuts), out_dir, chunks, settings, ready,
+             start)  # fmt: skip
+    except ChunkMismatch as exc:
+        raise EncodeError("split_failed", f"the accurate split missed the plan: {exc}") from None
+
+
+def _cut(
+    argv: list[str],
+    out_dir: Path,
+    chunks: ChunkPlan,
+    settings: Settings,
+    ready: Callable[[int, Path], None],
+    start: int = 0,
+) -> None:
+    """Run the split; hand over each chunk from ``start`` on as ffmpeg lists it (closed)."""
+    listed = out_dir / CHUNK_LIST
+    handed: list[int] = []
+
+    def hand_over_closed(_progress: object = None) -> None:
+        if not listed.exists():
+            return
+        with listed.open(newline="") as f:
+            names = [Path(row[0]).name for row in csv.reader(f) if row]
+        for index in range(len(handed) + start, len(names)):
+            path = out_dir / names[index]
+            frames = video_packets(path, settings, trusted=True).frames
+            if index >= chunks.count or frames != chunks.frames[index]:
+                expected = chunks.frames[index] if index < chunks.count else 0
+                raise ChunkMismatch(index, frames, expected)
+            ready(index, path)
+            handed.append(index)
+
+    process.run(argv, timeout_s=settings.encode_time_limit_s, on_progress=hand_over_closed)
+    hand_over_closed()
+    if len(handed) + start != chunks.count:
+        raise ChunkMismatch(len(handed) + start, 0, chunks.frames[len(handed) + start])
+
+
+def _segment_args(out_dir: Path, times: str) -> list[str]:
+    return ["-f", "segment", "-segment_format", "mp4", "-segment_times", times,
+            "-reset_timestamps", "1", "-segment_list", str(out_dir / CHUNK_LIST),
+            "-segment_list_type", "csv", str(out_dir / CHUNK_PATTERN)]  # fmt: skip
+
+
+def _copy_args(source: Path, out_dir: Path, cuts: list[float], frame_rate: float) -> list[str]:
     """Stream copy at keyframes. ``-copyts``: the cut times are the source's own timestamps; MP4
     keeps the rotation so each chunk decodes exactly like the source."""
     times = ",".join(f"{max(0.0, t - 0.25 / frame_rate):.6f}" for t in cuts) or "1e9"
-    argv = ["ffmpeg", *GLOBAL_ARGS, *safe_input_args(), "-copyts", "-i", str(source),
-            "-map", "0:v:0", "-c", "copy", "-f", "segment", "-segment_format", "mp4",
-            "-segment_times", times, "-reset_timestamps", "1",
-            str(out_dir / CHUNK_PATTERN)]  # fmt: skip
-    process.run(argv, timeout_s=settings.encode_time_limit_s)
-    return sorted(out_dir.glob("chunk_*.mp4"))
+    return ["ffmpeg", *GLOBAL_ARGS, "-progress", "pipe:1", "-stats_period", str(SPLIT_POLL_S),
+            *safe_input_args(), "-copyts", "-i", str(source), "-map", "0:v:0", "-c", "copy",
+            *_segment_args(out_dir, times)]  # fmt: skip
 
 
-def _accurate_split(
-    source: Path, out_dir: Path, cuts: list[float], settings: Settings
-) -> list[Path]:
+def _accurate_args(source: Path, out_dir: Path, cuts: list[float]) -> list[str]:
     """Decode once, re-encode losslessly with a keyframe exactly on every cut, split there."""
     times = ",".join(f"{t:.6f}" for t in cuts)
-    argv = ["ffmpeg", *GLOBAL_ARGS, *safe_input_args(), "-i", str(source), "-map", "0:v:0",
+    return ["ffmpeg", *GLOBAL_ARGS, "-progress", "pipe:1", "-stats_period", str(SPLIT_POLL_S),
+            *safe_input_args(), "-i", str(source), "-map", "0:v:0",
             "-fps_mode", "passthrough", "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0",
             *(["-force_key_frames", times] if cuts else []),
-            "-f", "segment", "-segment_format", "mp4", "-segment_times", times or "1e9",
-            "-reset_timestamps", "1", str(out_dir / CHUNK_PATTERN)]  # fmt: skip
-    process.run(argv, timeout_s=settings.encode_time_limit_s)
-    return sorted(out_dir.glob("chunk_*.mp4"))
+            *_segment_args(out_dir, times or "1e9")]  # fmt: skip

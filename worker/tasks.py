@@ -58,42 +58,42 @@ def probe(self: Task, job_id: str) -> None:
         source = host_cache.local_source(storage, job_id, manifest.source.uri)
         result = probe_file(source, settings)
         manifest.mode = choose_mode(manifest.mode, result.duration)
-        if manifest.mode == "chunked":
-            chunked_tasks.split(storage, manifest, source, result, folder)
-    manifest.source = manifest.source.model_copy(
-        update={
-            "width": result.display_width,
-            "height": result.display_height,
-            "duration": result.duration,
-            "coded_width": result.coded_width,
-            "coded_height": result.coded_height,
-            "rotation": result.rotation,
-            "has_audio": result.has_audio,
-            "video_codec": result.video_codec,
-            "container": result.container,
-            "frame_rate": result.frame_rate,
-        }
-    )
-    if manifest.chunks is not None and manifest.mode == "chunked":
-        manifest.source.frames = sum(manifest.chunks.frames)
-    plans = choose_renditions(result.display_width, result.display_height)
-    manifest.renditions = [
-        Rendition(name=p.name, width=p.width, height=p.height, video_kbps=p.video_kbps)
-        for p in plans
-    ]
-    manifest.state = "encoding"
-    jobs.save(manifest)
-    if manifest.mode == "chunked":
-        chunked_tasks.fan_out(manifest)
-    else:
-        for plan in plans:
-            encode.apply_async(args=[job_id, plan.name])
-    emit(
-        "job.encoding",
-        job_id=job_id,
-        renditions=[r.model_dump(mode="json") for r in manifest.renditions],
-        source=manifest.source.model_dump(mode="json"),
-    )
+        chunked = manifest.mode == "chunked"
+        split_plan = chunked_tasks.plan(source, result) if chunked else None
+        manifest.source = manifest.source.model_copy(
+            update={
+                "width": result.display_width,
+                "height": result.display_height,
+                "duration": result.duration,
+                "coded_width": result.coded_width,
+                "coded_height": result.coded_height,
+                "rotation": result.rotation,
+                "has_audio": result.has_audio,
+                "video_codec": result.video_codec,
+                "container": result.container,
+                "frame_rate": result.frame_rate,
+                "frames": sum(split_plan.chunks.frames) if split_plan else None,
+            }
+        )
+        manifest.chunks = split_plan.chunks if split_plan else None
+        plans = choose_renditions(result.display_width, result.display_height)
+        manifest.renditions = [
+            Rendition(name=p.name, width=p.width, height=p.height, video_kbps=p.video_kbps)
+            for p in plans
+        ]
+        manifest.state = "encoding"
+        jobs.save(manifest)
+        emit(
+            "job.encoding",
+            job_id=job_id,
+            renditions=[r.model_dump(mode="json") for r in manifest.renditions],
+            source=manifest.source.model_dump(mode="json"),
+        )
+        if split_plan is not None:
+            chunked_tasks.cut_and_fan_out(storage, jobs, manifest, source, split_plan, folder)
+        else:
+            for plan in plans:
+                encode.apply_async(args=[job_id, plan.name])
 
 
 @app.task(name="encodeq.encode", bind=True, **retry_options())
