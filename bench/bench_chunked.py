@@ -5,6 +5,8 @@ Side by side in one run, same source, same rungs, same encoder settings (worker/
   (a)  one ffmpeg process, decode once, every rung an output of one filter graph
   (p)  the per-rung pipeline with 2 workers, upload to completed (one decode per rung)
   (c)  the chunked pipeline with 2 workers, upload to completed          target c/a <= 1.05
+  (c1) the same with one encoder thread per worker (ENCODEQ_FFMPEG_THREADS=1): one worker per
+       core, the deployment chunked mode is made for (no two ffmpegs fighting over the cores)
   (s1, s2) the chunked pipeline with 1 and 2 workers, each pinned to its own core
       (``taskset -c N encodeq worker``) with ENCODEQ_FFMPEG_THREADS=1: N single-core hosts.
       speed-up s1/s2 (target >= 1.8) and efficiency; then, on paper, 8 and 32 hosts from the
@@ -58,7 +60,11 @@ class Chunked:
 
     seconds: float
     chunks: int
+    #: Each chunk task's wall time, and its ffmpeg's alone (the difference: per-chunk overhead).
     chunk_seconds: list[float]
+    encode_seconds: list[float]
+    audio_seconds: float
+    rungs: int
     split: str
     phases: dict[str, float]
     local_cpu_seconds: float
@@ -72,13 +78,13 @@ class Result:
     duration: float
     chunk_length: int
     times: dict[str, float] = field(default_factory=dict)
-    phases: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
     local_cpu_seconds: float = 0.0
     chunks: int = 0
     split: str = ""
-    per_chunk_s: float = 0.0
-    serial_s: float = 0.0
-    model: dict[int, float] = field(default_factory=dict)
+    model: dict[str, float] = field(default_factory=dict)
+    #: Modelled seconds on N hosts: with this source's chunks, and with one chunk per host.
+    hosts: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
 def make_source(path: Path, width: int, height: int, duration: float) -> Path:
@@ -111,12 +117,12 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def chunked_pipeline(source: Path, workers: int, pinned: bool) -> Chunked:
+def chunked_pipeline(source: Path, workers: int, pinned: bool, one_thread: bool = False) -> Chunked:
     """Upload -> probe/split -> chunks on competing workers -> joins -> finalize -> completed."""
-    from encodeq.manifest import JobStore
+    from encodeq.manifest import AUDIO, JobStore
     from encodeq.storage import Storage
 
-    env = {"ENCODEQ_FFMPEG_THREADS": "1"} if pinned else {}
+    env = {"ENCODEQ_FFMPEG_THREADS": "1"} if pinned or one_thread else {}
     with worker_fleet(workers, env, pin=pinned):
         run = run_job(source, mode="chunked")
     jobs = JobStore(Storage())
@@ -133,24 +139,66 @@ def chunked_pipeline(source: Path, workers: int, pinned: bool) -> Chunked:
         "chunks": last - first,
         "joins + finalize": run.started_at + run.seconds - last,
     }
+    audio = jobs.load_chunk(run.job_id, AUDIO)
     return Chunked(
         seconds=run.seconds,
         chunks=manifest.chunks.count,
         chunk_seconds=[r.seconds or 0.0 for r in done],
+        encode_seconds=[r.encode_seconds or 0.0 for r in done],
+        audio_seconds=(audio.seconds or 0.0) if audio is not None else 0.0,
+        rungs=len(jobs.load(run.job_id).renditions),
         split=manifest.chunks.split,
         phases=phases,
         local_cpu_seconds=run.local_cpu_seconds,
     )
 
 
-def model(t1: Chunked, hosts: int) -> float:
-    """Time on ``hosts`` single-core hosts: the serial part plus the chunk waves.
+@dataclass
+class Model:
+    """N single-core hosts, from the 1-host run: what does not split, plus the chunks.
 
-    serial = T1 - (sum of chunk task times on 1 host); each wave costs one mean chunk task.
+    head   = upload + probe until the first chunk starts (serial)
+    tail   = joins + finalize (one join per rung: they spread over up to ``rungs`` hosts)
+    chunks = waves of the mean chunk task, the audio task filling a gap or adding its share
+    With the chunk length chosen per host count (``sized``: one chunk per host), the chunk phase is
+    the encode work divided by the hosts plus one per-chunk overhead.
     """
-    per_chunk = statistics.mean(t1.chunk_seconds)
-    serial = max(0.0, t1.seconds - sum(t1.chunk_seconds))
-    return serial + math.ceil(t1.chunks / hosts) * per_chunk
+
+    head: float
+    tail: float
+    rungs: int
+    chunks: int
+    per_chunk: float
+    overhead: float
+    encode: float
+    audio: float
+
+    @classmethod
+    def of(cls, t1: Chunked) -> Model:
+        return cls(
+            head=t1.phases["upload"] + t1.phases["probe + split"],
+            tail=t1.phases["joins + finalize"],
+            rungs=t1.rungs,
+            chunks=t1.chunks,
+            per_chunk=statistics.mean(t1.chunk_seconds),
+            overhead=statistics.mean(
+                a - b for a, b in zip(t1.chunk_seconds, t1.encode_seconds, strict=True)
+            ),
+            encode=sum(t1.encode_seconds),
+            audio=t1.audio_seconds,
+        )
+
+    def _around(self, hosts: int) -> float:
+        return self.head + self.tail / min(hosts, self.rungs)
+
+    def seconds(self, hosts: int) -> float:
+        """This source's chunks on ``hosts`` hosts."""
+        waves = math.ceil(self.chunks / hosts) * self.per_chunk
+        return self._around(hosts) + max(waves, (self.chunks * self.per_chunk + self.audio) / hosts)
+
+    def sized(self, hosts: int) -> float:
+        """One chunk per host (``ENCODEQ_CHUNK_SECONDS`` = duration / hosts)."""
+        return self._around(hosts) + (self.encode + self.audio) / hosts + self.overhead
 
 
 def bench(name: str, tmp: Path, repeat: int) -> Result:
@@ -160,8 +208,9 @@ def bench(name: str, tmp: Path, repeat: int) -> Result:
     source = make_source(tmp / f"{name}.mp4", width, height, duration)
     print(f"\n== {name}: {width}x{height}, {duration:.0f}s, 30 fps, chunks of {chunk}s, "
           f"{source.stat().st_size / 1e6:.1f} MB; cores: {os.cpu_count()}", flush=True)  # fmt: skip
-    runs: dict[str, list[float]] = {k: [] for k in ("a", "p", "c", "s1", "s2")}
+    runs: dict[str, list[float]] = {k: [] for k in ("a", "p", "c", "c1", "s1", "s2")}
     cs: list[Chunked] = []
+    c1s: list[Chunked] = []
     s1s: list[Chunked] = []
     for i in range(repeat):
         out = tmp / f"a{i}"
@@ -171,17 +220,21 @@ def bench(name: str, tmp: Path, repeat: int) -> Result:
         runs["p"].append(per_rung_pipeline(source))
         cs.append(chunked_pipeline(source, 2, pinned=False))
         runs["c"].append(cs[-1].seconds)
+        c1s.append(chunked_pipeline(source, 2, pinned=False, one_thread=True))
+        runs["c1"].append(c1s[-1].seconds)
         s1s.append(chunked_pipeline(source, 1, pinned=True))
         runs["s1"].append(s1s[-1].seconds)
         runs["s2"].append(chunked_pipeline(source, 2, pinned=True).seconds)
     med = {k: statistics.median(v) for k, v in runs.items()}
     c_mid = sorted(cs, key=lambda r: r.seconds)[len(cs) // 2]
+    c1_mid = sorted(c1s, key=lambda r: r.seconds)[len(c1s) // 2]
     s1_mid = sorted(s1s, key=lambda r: r.seconds)[len(s1s) // 2]
-    result = Result(name, width, height, duration, chunk, times=med, phases=c_mid.phases,
+    model = Model.of(s1_mid)
+    result = Result(name, width, height, duration, chunk, times=med,
+                    phases={"c": c_mid.phases, "c1": c1_mid.phases},
                     local_cpu_seconds=c_mid.local_cpu_seconds, chunks=s1_mid.chunks,
-                    split=s1_mid.split, per_chunk_s=statistics.mean(s1_mid.chunk_seconds),
-                    serial_s=max(0.0, s1_mid.seconds - sum(s1_mid.chunk_seconds)),
-                    model={h: model(s1_mid, h) for h in HOSTS})  # fmt: skip
+                    split=s1_mid.split, model=asdict(model),
+                    hosts={h: (model.seconds(h), model.sized(h)) for h in HOSTS})  # fmt: skip
     report(result)
     return result
 
@@ -192,25 +245,32 @@ def report(r: Result) -> None:
         ("a", "one ffmpeg, every rung from one decode"),
         ("p", "per-rung pipeline, 2 workers, upload->done"),
         ("c", "chunked pipeline, 2 workers, upload->done"),
+        ("c1", "the same, 1 encoder thread per worker"),
         ("s1", "chunked, 1 worker pinned, 1 thread"),
         ("s2", "chunked, 2 workers pinned, 1 thread each"),
     ]
     print(f"{'':3} {'variant':44} {'seconds':>8}")
     for key, label in rows:
         print(f"{key:3} {label:44} {t[key]:8.2f}")
-    print(f"\nc/a = {t['c'] / t['a']:.3f}  (target <= 1.05);  p/a = {t['p'] / t['a']:.3f};  "
-          f"c/p = {t['c'] / t['p']:.3f}")  # fmt: skip
-    phases = ", ".join(f"{k} {v:.2f}s" for k, v in r.phases.items())
-    print(f"(c) phases: {phases}; embedded S3 server + uploader CPU {r.local_cpu_seconds:.1f}s")
+    print(f"\nc/a = {t['c'] / t['a']:.3f}, c1/a = {t['c1'] / t['a']:.3f}  (target <= 1.05);  "
+          f"p/a = {t['p'] / t['a']:.3f};  c/p = {t['c'] / t['p']:.3f}")  # fmt: skip
+    for key, phases in r.phases.items():
+        print(f"({key}) phases: " + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
+    print(f"embedded S3 server + uploader CPU during (c): {r.local_cpu_seconds:.1f}s")
     speedup = t["s1"] / t["s2"]
     print(f"speed-up s1/s2 = {speedup:.2f}x, efficiency {speedup / 2:.0%}  (target >= 1.8x)")
-    print(f"split: {r.split}; {r.chunks} chunks; mean chunk task {r.per_chunk_s:.2f}s on one "
-          f"core; serial part {r.serial_s:.2f}s (probe+split, audio, joins, finalize)")  # fmt: skip
-    print(f"\n{'hosts':>5} {'model s':>8} {'speed-up':>9} {'efficiency':>10}")
-    for hosts, seconds in r.model.items():
-        up = r.model[1] / seconds
-        print(f"{hosts:5d} {seconds:8.2f} {up:8.2f}x {up / hosts:10.0%}")
-    print("(2 hosts measured above; the rest is the model: serial part + waves of chunks)")
+    m = r.model
+    print(f"split: {r.split}; {r.chunks} chunks; on one core: chunk task {m['per_chunk']:.2f}s "
+          f"(overhead {m['overhead']:.2f}s of it), audio {m['audio']:.2f}s, upload+probe "
+          f"{m['head']:.2f}s, {m['rungs']} joins+finalize {m['tail']:.2f}s")  # fmt: skip
+    base, base_sized = r.hosts[1]
+    print(f"\n{'hosts':>5} {'this source':>12} {'speed-up':>9} {'eff.':>5}   "
+          f"{'1 chunk/host':>12} {'speed-up':>9} {'eff.':>5}")  # fmt: skip
+    for hosts, (chunks, sized) in r.hosts.items():
+        a, b = base / chunks, base_sized / sized
+        print(f"{hosts:5d} {chunks:11.1f}s {a:8.2f}x {a / hosts:5.0%}   "
+              f"{sized:11.1f}s {b:8.2f}x {b / hosts:5.0%}")  # fmt: skip
+    print("(model, from the 1-host run; 2 hosts is measured above)")
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -221,8 +281,15 @@ def plot(results: list[Result], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (bars, curve) = plt.subplots(1, 2, figsize=(11, 4.2))
-    keys = ["a", "p", "c", "s2", "s1"]
-    labels = ["one ffmpeg", "per-rung, 2 w", "chunked, 2 w", "chunked, 2 pinned", "1 pinned"]
+    keys = ["a", "p", "c", "c1", "s2", "s1"]
+    labels = [
+        "one ffmpeg",
+        "per-rung, 2 w",
+        "chunked, 2 w",
+        "2 w, 1 thread",
+        "2 pinned",
+        "1 pinned",
+    ]
     width = 0.8 / len(results)
     for i, r in enumerate(results):
         xs = [k + i * width for k in range(len(keys))]
@@ -237,8 +304,11 @@ def plot(results: list[Result], path: Path) -> None:
     bars.set_title("2 cores: encodeq against one ffmpeg")
     bars.legend(fontsize=8)
     for r in results:
-        ups = [r.model[1] / r.model[h] for h in HOSTS]
-        curve.plot(HOSTS, ups, marker="o", label=f"{r.name}: {r.chunks} chunks (model)")
+        base, base_sized = r.hosts[1]
+        line = curve.plot(HOSTS, [base / r.hosts[h][0] for h in HOSTS], marker="o",
+                          label=f"{r.name}: its {r.chunks} chunks")[0]  # fmt: skip
+        curve.plot(HOSTS, [base_sized / r.hosts[h][1] for h in HOSTS], marker=".", linestyle="--",
+                   color=line.get_color(), label=f"{r.name}: one chunk per host")  # fmt: skip
         measured = r.times["s1"] / r.times["s2"]
         curve.plot([2], [measured], marker="x", markersize=9, color="black")
     curve.plot(HOSTS, HOSTS, color="grey", linestyle=":", label="linear")
@@ -247,7 +317,7 @@ def plot(results: list[Result], path: Path) -> None:
     curve.set_xticks(HOSTS, [str(h) for h in HOSTS])
     curve.set_xlabel("single-core hosts (x: measured at 2)")
     curve.set_ylabel("speed-up over 1 host")
-    curve.set_title("Scaling: serial part + waves of chunks")
+    curve.set_title("Scaling, modelled from the 1-host run")
     curve.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,10 +58,12 @@ class Settings(BaseSettings):
     # --- chunk-parallel encoding (worker/chunking.py, worker/joining.py, worker/seams.py) ------
     #: Target chunk length; rounded up to a multiple of ``segment_seconds`` so every chunk
     #: boundary is also an HLS segment boundary (keyframes stay aligned across rungs).
-    chunk_seconds: int = 60
-    #: Sources at least this long default to chunked mode (bench/bench_chunked.py: where it wins);
-    #: shorter ones stay per-rung. ``encodeq upload --mode`` overrides.
-    chunked_min_duration_s: float = 120.0
+    chunk_seconds: int = 30
+    #: Sources at least this long default to chunked mode: two chunks, so there is something to
+    #: spread over workers. bench/bench_chunked.py measures chunked ahead of per-rung from 24 s
+    #: up (per-rung decodes the source once per rung); shorter sources stay per-rung, where the
+    #: rungs themselves are the parallel work. ``encodeq upload --mode`` overrides.
+    chunked_min_duration_s: float = 60.0
     #: A chunk running longer than this many times the median of its finished siblings (and at
     #: least ``straggler_min_s``) is offered to a second worker; the first result wins.
     straggler_factor: float = 3.0

@@ -36,6 +36,7 @@ from config.settings import get_settings
 from config.topology import DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME, declare_topology
 from encodeq.failures import FailureRecord, load_failure
 from encodeq.manifest import JobStore, Manifest
+from encodeq.monitor import queue_depths
 from encodeq.s3server import EmbeddedS3, answers
 from encodeq.storage import RENDITIONS, Storage, parse_uri
 
@@ -325,12 +326,7 @@ def _make_sample(path: Path) -> None:
 
 # --- broker views --------------------------------------------------------------------------------
 def _consumers(broker: Connection) -> int:
-    channel = broker.channel()
-    try:
-        _, _, consumers = channel.queue_declare(ENCODE_QUEUE_NAME, passive=True)
-    finally:
-        channel.close()
-    return int(consumers)
+    return queue_depths(broker, (ENCODE_QUEUE_NAME,))[0].consumers or 0
 
 
 def _wait_for_consumers(broker: Connection, expected: int, fleet: list[DemoWorker]) -> None:

@@ -104,8 +104,10 @@ class ChunkRecord(BaseModel):
     worker: str | None = None
     task_id: str | None = None
     started_at: str | None = None
-    #: Wall-clock seconds of the encode that won, and how many workers were given the chunk.
+    #: Wall-clock seconds of the task that won (fetch, encode, checks, uploads), of its ffmpeg
+    #: alone (the rest is the per-chunk overhead), and how many workers were given the chunk.
     seconds: float | None = None
+    encode_seconds: float | None = None
     offers: int = 1
     frames: int | None = None
     duration: float | None = None

@@ -17,6 +17,7 @@ from kombu import Connection
 from config.settings import Settings
 from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME
 from encodeq.manifest import JobStore, Manifest
+from encodeq.monitor import queue_depths
 from encodeq.storage import Storage
 
 ENCODEQ = [shutil.which("encodeq") or "encodeq"]
@@ -139,14 +140,10 @@ def download_rendition(playlist_uri: str, into: Path) -> Path:
 
 # --- worker processes ----------------------------------------------------------------------------
 def queue_state(name: str, url: str | None = None) -> tuple[int, int]:
-    """(ready messages, consumers) of a queue, by a passive declare."""
+    """(ready messages, consumers) of a queue, by a passive declare (0, 0 while it is missing)."""
     with Connection(url) if url else broker() as conn:
-        ch = conn.channel()
-        try:
-            _, messages, consumers = ch.queue_declare(name, passive=True)
-        finally:
-            ch.close()
-    return messages, consumers
+        [depth] = queue_depths(conn, (name,))
+    return depth.messages or 0, depth.consumers or 0
 
 
 def consumers(name: str = ENCODE_QUEUE_NAME, url: str | None = None) -> int:

@@ -228,6 +228,8 @@ def test_mode_defaults_to_chunked_for_long_sources() -> None:
     from worker.tasks import choose_mode
 
     assert choose_mode(None, 3.0) == "per-rung"
+    # from two chunks' worth of source (2 x 30 s): chunked, where bench_chunked measures it ahead
+    assert choose_mode(None, 59.9) == "per-rung" and choose_mode(None, 60.0) == "chunked"
     assert choose_mode(None, 600.0) == "chunked"
     assert choose_mode("per-rung", 600.0) == "per-rung"
     assert choose_mode("chunked", 3.0) == "chunked"

@@ -150,6 +150,7 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
     with workdir(job_id) as folder:
         chunk = host_cache.fetch(storage, job_id, UPLOADS, _chunk_source_key(job_id, index))
         outputs = {plan.name: folder / f"{plan.name}.ts" for plan in plans}
+        encode_started = time.monotonic()
         try:
             process.run(
                 encoder.chunk_encode_args(chunk, source_info, plans, outputs, settings),
@@ -160,6 +161,7 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
             )
         except process.ProcessFailed as exc:
             raise EncodeError("encode_failed", f"ffmpeg failed on chunk {index}: {exc}") from None
+        encode_seconds = time.monotonic() - encode_started
         for name, path in outputs.items():  # each chunk is verified as it finishes
             frames = chunking.video_packets(path, settings, trusted=True).frames
             if frames != expected:
@@ -176,7 +178,8 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
             host_cache.put(storage, job_id, UPLOADS, key, path, "video/mp2t")
     record = record.model_copy(
         update={"state": "completed", "seconds": round(time.monotonic() - started, 3),
-                "frames": expected, "duration": manifest.chunks.durations[index]}
+                "encode_seconds": round(encode_seconds, 3), "frames": expected,
+                "duration": manifest.chunks.durations[index]}
     )  # fmt: skip
     jobs.save_chunk(job_id, record)
     emit("chunk.completed", job_id=job_id, chunk=index, chunks=manifest.chunks.count,
