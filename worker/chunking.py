@@ -17,6 +17,7 @@ the rest of the source to the accurate split, and an accurate cut that does not 
 
 from __future__ import annotations
 
+import bisect
 import csv
 import itertools
 import json
@@ -132,26 +133,32 @@ def plan(source: Path, frame_rate: float, settings: Settings) -> SplitPlan:
         raise EncodeError("split_failed", "the source has no video packets to split")
     starts, reason = plan_cuts(packets, frame_rate, length, settings)
     first = min(packets.pts)
-    frame = sorted((t - first, d or 1 / frame_rate) for t, d in zip(packets.pts, packets.durations,
-                                                                       strict=True))  # fmt: skip
-    times = [t for t, _ in frame]
-    half_frame = 0.5 / frame_rate
+    fallback_frame = 1 / frame_rate
+    frames_in_order = sorted(
+        (t - first, d or fallback_frame)
+        for t, d in zip(packets.pts, packets.durations, strict=True)
+    )
+    times = [t for t, _ in frames_in_order]
     if reason is None:  # cut at the keyframe itself, which may sit up to half a frame off the grid
         keys = [t - first for t, k in zip(packets.pts, packets.keyframe, strict=True) if k]
         cuts = [min(keys, key=lambda t, s=s: abs(t - s)) for s in starts[1:]]
     else:  # the accurate split forces a keyframe on the first frame at or after each start
         cuts = list(starts[1:])
-    edges = [-math.inf, *(c - 1e-6 for c in cuts), math.inf]
+    # Chunk k holds the frames shown from cut k-1 on, up to cut k (indices into ``times``).
+    bounds = [0, *(bisect.bisect_left(times, c - 1e-6) for c in cuts), len(times)]
     frames, durations = [], []
-    for lo, hi in itertools.pairwise(edges):
-        inside = [(t, d) for t, d in frame if lo <= t < hi]
-        frames.append(len(inside))
-        durations.append(round(inside[-1][0] + inside[-1][1] - inside[0][0], 6) if inside else 0)
+    for lo, hi in itertools.pairwise(bounds):
+        frames.append(hi - lo)
+        if hi > lo:
+            last_t, last_d = frames_in_order[hi - 1]
+            durations.append(round(last_t + last_d - times[lo], 6))
     if 0 in frames:
         raise EncodeError("split_failed", f"a chunk would be empty: cuts at {cuts}")
+    # the source's own frame interval across each seam (1/fps for constant frame rate)
+    half_frame = 0.5 / frame_rate
     intervals = []
     for cut in cuts:
-        after = next(i for i, t in enumerate(times) if t >= cut - half_frame)
+        after = bisect.bisect_left(times, cut - half_frame)
         intervals.append(round(times[after] - times[after - 1], 6))
     chunks = ChunkPlan(
         split="copy" if reason is None else "accurate",
