@@ -98,8 +98,20 @@ class Storage:
         metadata: dict[str, str] | None = None,
         progress: Any = None,
     ) -> str:
+        return self.put_file_etag(logical, key, path, content_type, metadata, progress)[0]
+
+    def put_file_etag(
+        self,
+        logical: str,
+        key: str,
+        path: Path,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+        progress: Any = None,
+    ) -> tuple[str, str]:
+        """``put_file``, also returning the stored object's ETag (a cache entry's name)."""
         bucket = self._ensure(logical)
-        self.client.fput_object(
+        written = self.client.fput_object(
             bucket,
             key,
             str(path),
@@ -108,7 +120,7 @@ class Storage:
             progress=progress,
             part_size=PART_SIZE,
         )
-        return self.uri(logical, key)
+        return self.uri(logical, key), (written.etag or "").strip('"')
 
     def put_bytes(self, logical: str, key: str, data: bytes, content_type: str) -> str:
         bucket = self._ensure(logical)

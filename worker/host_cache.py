@@ -35,7 +35,8 @@ def cache_root() -> Path:
 
 def _entry(job_id: str, logical: str, key: str, etag: str) -> Path:
     flat = key.replace("/", "~")  # one level under the job's folder, whatever the key
-    return cache_root() / job_id / f"{logical}~{flat}.{etag.strip(chr(34))}"
+    tag = etag.strip('"')
+    return cache_root() / job_id / f"{logical}~{flat}.{tag}"
 
 
 def fetch(storage: Storage, job_id: str, logical: str, key: str) -> Path:
@@ -74,8 +75,7 @@ def put(
     storage: Storage, job_id: str, logical: str, key: str, path: Path, content_type: str
 ) -> str:
     """Upload ``path`` and keep it as this host's entry (a hard link: no copy); the object's URI."""
-    uri = storage.put_file(logical, key, path, content_type)
-    etag = storage.client.stat_object(storage.bucket(logical), key).etag
+    uri, etag = storage.put_file_etag(logical, key, path, content_type)
     entry = _entry(job_id, logical, key, etag)
     entry.parent.mkdir(parents=True, exist_ok=True)
     _link(path, entry)
