@@ -43,16 +43,19 @@ CHUNKED_ENV = {
 }
 
 
-def make_source(path: Path, width: int, height: int, duration: float, gop: int = 50) -> Path:
+def make_source(
+    path: Path, width: int, height: int, duration: float, gop: int = 50, x264: tuple[str, ...] = ()
+) -> Path:
     """An H.264/AAC MP4 at 25 fps with a keyframe every ``gop`` frames (50: every 2 s, on the
-    segment grid; make_video's x264 default of 250 is a sparse source for 2 s chunks)."""
+    segment grid; make_video's x264 default of 250 is a sparse source for 2 s chunks); ``x264``:
+    more encoder options."""
     if not path.exists():
         subprocess.run(
             ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
              "-f", "lavfi", "-i", f"testsrc2=s={width}x{height}:r=25:d={duration}",
              "-f", "lavfi", "-i", f"sine=f=440:d={duration}",
-             "-c:v", "libx264", "-preset", "ultrafast", "-g", str(gop), "-pix_fmt", "yuv420p",
-             "-c:a", "aac", "-shortest", str(path)],
+             "-c:v", "libx264", "-preset", "ultrafast", "-g", str(gop), *x264,
+             "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)],
             check=True, timeout=120,
         )  # fmt: skip
     return path
@@ -66,6 +69,12 @@ def decoded(playlist: Path) -> dict:
         check=True, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     return json.loads(out.stdout)
+
+
+def decoded_video(playlist: Path) -> dict:
+    """The video stream of ``decoded`` (size, frames read)."""
+    [video] = [s for s in decoded(playlist)["streams"] if s["codec_type"] == "video"]
+    return video
 
 
 def segment_durations(playlist: Path) -> list[str]:
@@ -150,8 +159,7 @@ class TestChunkedJobs:
         assert chunks["starts"] == [0.0, 2.0, 4.0] and sum(chunks["frames"]) == 175
         [r] = manifest["renditions"]
         assert r["seam_check"]["passed"] and r["seam_check"]["frames"] == 175
-        info = decoded(download_rendition(r["playlist"], tmp_path))
-        [video] = [s for s in info["streams"] if s["codec_type"] == "video"]
+        video = decoded_video(download_rendition(r["playlist"], tmp_path))
         assert int(video["nb_read_frames"]) == 175
 
     def test_an_open_gop_source_is_cut_accurately_where_the_copy_cut_misses(
@@ -159,16 +167,9 @@ class TestChunkedJobs:
     ) -> None:
         # Open GOPs: keyframes sit on the grid, but B-frames shown before each keyframe follow it
         # in decode order, so a stream-copy cut would move them into the next chunk.
-        source = media_dir / "open-gop.mp4"
-        subprocess.run(
-            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-             "-f", "lavfi", "-i", "testsrc2=s=426x240:r=25:d=6",
-             "-f", "lavfi", "-i", "sine=f=440:d=6", "-c:v", "libx264", "-preset", "ultrafast",
-             "-g", "50", "-keyint_min", "50", "-sc_threshold", "0", "-bf", "3",
-             "-x264-params", "open-gop=1:b-pyramid=0", "-pix_fmt", "yuv420p",
-             "-c:a", "aac", "-shortest", str(source)],
-            check=True, timeout=60,
-        )  # fmt: skip
+        open_gop = ("-keyint_min", "50", "-sc_threshold", "0", "-bf", "3",
+                    "-x264-params", "open-gop=1:b-pyramid=0")  # fmt: skip
+        source = make_source(media_dir / "open-gop.mp4", 426, 240, duration=6, x264=open_gop)
         manifest = upload_and_wait(source, options=("--mode", "chunked"))[0]
         assert manifest["state"] == "completed", manifest["error"]
         chunks = manifest["chunks"]
@@ -176,8 +177,7 @@ class TestChunkedJobs:
         assert chunks["frames"] == [50, 50, 50]
         [r] = manifest["renditions"]
         assert r["seam_check"]["passed"] and r["seam_check"]["frames"] == 150
-        info = decoded(download_rendition(r["playlist"], tmp_path))
-        [video] = [s for s in info["streams"] if s["codec_type"] == "video"]
+        video = decoded_video(download_rendition(r["playlist"], tmp_path))
         assert int(video["nb_read_frames"]) == 150
 
     def test_rotated_phone_video_keeps_its_rotation_through_the_chunks(
@@ -199,8 +199,7 @@ class TestChunkedJobs:
         got = [(r["name"], r["width"], r["height"]) for r in manifest["renditions"]]
         assert got == [("360p", 360, 640), ("240p", 240, 426)]
         for r in manifest["renditions"]:
-            info = decoded(download_rendition(r["playlist"], tmp_path))
-            [video] = [s for s in info["streams"] if s["codec_type"] == "video"]
+            video = decoded_video(download_rendition(r["playlist"], tmp_path))
             assert (video["width"], video["height"]) == (r["width"], r["height"])
             assert int(video["nb_read_frames"]) == 100
 
