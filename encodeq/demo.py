@@ -45,6 +45,9 @@ SAMPLE_NAME = "sample 720p.mp4"
 BROKEN_NAME = "broken.mp4"
 #: 1280x720 so the ladder gives 720p, 480p, 360p and 240p; long enough to watch the bars move.
 SAMPLE_SIZE, SAMPLE_FPS, SAMPLE_SECONDS = "1280x720", 25, 12
+#: The demo's workers cut chunks this long (the default, 30 s, would leave the 12 s sample whole),
+#: so the same sample also shows chunked mode: three chunks, encoded in parallel, then joined.
+DEMO_CHUNK_SECONDS = 4
 #: Fixed seed: the "broken" file is the same bytes every run, so its outcome is reproducible.
 BROKEN_SEED, BROKEN_BYTES = 20240601, 256 * 1024
 
@@ -164,12 +167,14 @@ def _run(workers: int, folder: Path, keep: bool, stack: ExitStack, console: Cons
     with Progress(
         "{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console
     ) as bars:
-        for path in (sample, broken):
-            bar = _UploadBar(bars, f"  upload {path.name}")
-            submitted.append(submit(path, storage, progress=bar))
+        # the sample twice: one task per rung, and one task per chunk doing every rung
+        for path, mode in ((sample, "per-rung"), (sample, "chunked"), (broken, None)):
+            bar = _UploadBar(bars, f"  upload {path.name}" + (f" ({mode})" if mode else ""))
+            submitted.append(submit(path, storage, progress=bar, mode=mode))
     for m in submitted:
-        console.print(f"  {escape(m.source.filename)} -> job {m.job_id}", highlight=False)
-    good_id, broken_id = (m.job_id for m in submitted)
+        mode = f" ({m.mode})" if m.mode else ""
+        console.print(f"  {escape(m.source.filename)}{mode} -> job {m.job_id}", highlight=False)
+    good_id, chunked_id, broken_id = (m.job_id for m in submitted)
 
     _step(console, 5, f"encoding on {workers} competing worker(s), live")
     ids = [m.job_id for m in submitted]
@@ -197,13 +202,14 @@ def _run(workers: int, folder: Path, keep: bool, stack: ExitStack, console: Cons
 
     ok = (
         manifests[good_id].state == "completed"
+        and manifests[chunked_id].state == "completed"
         and manifests[broken_id].state == "failed"
         and any(d.job_id == broken_id for d in dead)
     )
     if ok:
         console.print(
-            "\n[bold green]demo OK[/]: the sample completed; the broken file failed and its"
-            " message was dead-lettered"
+            "\n[bold green]demo OK[/]: the sample completed in both modes; the broken file failed"
+            " and its message was dead-lettered"
         )
     else:
         console.print(
@@ -278,7 +284,8 @@ def _start_workers(
                 [sys.executable, "-m", "encodeq.cli", "worker", "--concurrency", "1",
                  "--hostname", f"{name}@%h"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=os.environ.copy(), start_new_session=True,
+                env={**os.environ, "ENCODEQ_CHUNK_SECONDS": str(DEMO_CHUNK_SECONDS)},
+                start_new_session=True,
             )  # fmt: skip
         fleet.append(DemoWorker(name, proc, log))
         console.print(
@@ -316,7 +323,7 @@ def _make_sample(path: Path) -> None:
     argv = [
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
         "-f", "lavfi", "-i", video, "-f", "lavfi", "-i", tone,
-        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-c:v", "libx264", "-preset", "ultrafast", "-g", str(2 * SAMPLE_FPS), "-pix_fmt", "yuv420p",
         "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart", str(path),
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
@@ -390,6 +397,14 @@ def _show_job(m: Manifest, storage: Storage, console: Console) -> None:
             f" {escape(m.source.uri)}",
             highlight=False,
             soft_wrap=True,
+        )
+    if m.chunks is not None:
+        checked = [r for r in m.renditions if r.seam_check is not None]
+        passed = sum(1 for r in checked if r.seam_check and r.seam_check.passed)
+        console.print(
+            f"  chunked: {m.chunks.count} chunks of {m.chunks.seconds}s ({m.chunks.split} split),"
+            f" audio once, seam check passed on {passed}/{len(m.renditions)} renditions",
+            highlight=False,
         )
     if m.renditions:
         table = Table("rendition", "resolution", "size", "state", "worker")

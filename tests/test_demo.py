@@ -51,6 +51,13 @@ def test_demo_runs_on_a_machine_without_s3_and_cleans_up(tmp_path: Path) -> None
     assert re.search(rf"master playlist: s3://{bucket}/[0-9a-f]{{32}}/master\.m3u8", out), out
     assert re.search(r"presigned URL \(1 h\): http://127\.0\.0\.1:\d+/", out), out
 
+    # The same sample in chunked mode: cut at its keyframes into 4 s chunks, joined, seam-checked.
+    assert re.search(
+        r"chunked: 3 chunks of 4s \(copy split\), audio once, seam check passed on 4/4 renditions",
+        out,
+    ), out
+    assert "demo OK" in out and "completed in both modes" in out
+
     # The broken file's probe was rejected and dead-lettered, and the record says why.
     dlq_line = re.search(r"^ *broken\.mp4 +task encodeq\.probe .*$", out, re.MULTILINE)
     assert dlq_line, out
