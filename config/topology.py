@@ -27,6 +27,10 @@ DEAD_LETTER_QUEUE_NAME = "encodeq.dlq"
 #: Where the DLQ inspector parks messages replayed too often (classic, durable, no consumers).
 PARKED_QUEUE_NAME = "encodeq.dlq.parked"
 
+#: Our own message header (not ``x-``: RabbitMQ reserves those): how often the DLQ inspector
+#: replayed a message. Workers read it too: a replayed task of a failed job reopens the job.
+REPLAY_COUNT_HEADER = "encodeq-replay-count"
+
 #: Celery task name -> (queue name, routing key). The one routing table.
 TASK_ROUTES: dict[str, tuple[str, str]] = {
     "encodeq.probe": (CONTROL_QUEUE_NAME, "control"),

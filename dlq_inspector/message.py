@@ -12,11 +12,9 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
+from config.topology import REPLAY_COUNT_HEADER
 from dlq_inspector.ids import message_id
 from encodeq.failures import message_key
-
-#: Our own header (not ``x-``: RabbitMQ reserves those): how often the inspector replayed it.
-REPLAY_COUNT_HEADER = "encodeq-replay-count"
 
 #: The AMQP basic properties, in wire order; ``application_headers`` is kept apart as headers.
 PROPERTY_NAMES = (

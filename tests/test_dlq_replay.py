@@ -25,8 +25,7 @@ from support import (
     wait_for,
 )
 
-from config.topology import PARKED_QUEUE_NAME
-from dlq_inspector.message import REPLAY_COUNT_HEADER
+from config.topology import PARKED_QUEUE_NAME, REPLAY_COUNT_HEADER
 
 
 def fresh(prefix: str) -> tuple[str, str]:
