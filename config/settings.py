@@ -6,7 +6,9 @@ CI override them through the environment. Nothing secret lives here beyond MinIO
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -52,7 +54,8 @@ class Settings(BaseSettings):
     audio_bitrate_k: int = 128
     #: Threads per ffmpeg (0 lets ffmpeg choose); bench pins it to model single-core hosts.
     ffmpeg_threads: int = 0
-    #: Where workers keep local copies of sources and outputs while they work.
+    #: Where workers keep local copies of sources and outputs while they work, the host cache,
+    #: and DLQ exports: empty means a per-user private folder (``private_dir``).
     work_dir: str = ""
 
     # --- chunk-parallel encoding (worker/chunking.py, worker/joining.py, worker/seams.py) ------
@@ -94,6 +97,22 @@ class Settings(BaseSettings):
     #: Bearer token the mutating endpoints (upload, replay, purge) require; empty means none is
     #: required, which ``encodeq serve`` allows only on a loopback address.
     api_token: str = ""
+
+    def private_dir(self, name: str = "") -> Path:
+        """A folder only this user can enter (0700): ``work_dir``, else the user's cache folder
+        (``$XDG_CACHE_HOME/encodeq``), never a shared /tmp where another user could plant
+        files or links under names we are about to use. ``name``: a subfolder, made 0700 too."""
+        if self.work_dir:
+            base = Path(self.work_dir)
+        else:
+            cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+            base = Path(cache) / "encodeq"
+        folder = base / name if name else base
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for part in (base, folder):
+            if part.stat().st_mode & 0o077:
+                part.chmod(0o700)
+        return folder
 
     def bucket(self, name: str) -> str:
         """The real name of a logical bucket (uploads, jobs, renditions, failures)."""
