@@ -1,11 +1,14 @@
-"""Benchmark: ``encodeq dlq replay --all --to <side queue>`` against a naive get/publish/ack loop.
+"""Benchmark: ``encodeq dlq replay --all --to encodeq.dlq.parked`` against a naive get/publish/ack
+loop.
 
 Runs on a vhost of its own (created and deleted here, with ``rabbitmqctl``) and an embedded S3
 server (the audit trail needs one). It fills the DLQ with N real dead letters (Celery-shaped
 messages that expire in an origin queue, so RabbitMQ writes their ``x-death``), times the CLI
-replaying them to a side queue, checks every message arrived exactly once and the DLQ is empty,
-then refills the DLQ and times the naive loop (basic_get, publish and wait for its confirm,
-basic_ack, one message at a time) on the same machine in the same run, and prints the ratio.
+replaying them to the parked queue (a classic queue with no consumer; ``--to`` names only the work
+queues or the parked queue), checks every message arrived exactly once and the DLQ is empty, then
+refills the DLQ and times the naive loop (basic_get, publish and wait for its confirm, basic_ack,
+one message at a time, to the same queue) on the same machine in the same run, and prints the
+ratio. Every replayed message goes through the replay's checks (target, CC/BCC, user_id).
 
     python bench/bench_dlq_replay.py [--messages 10000] [--naive-messages 2000]
 """
@@ -29,11 +32,15 @@ from kombu import Connection
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from config.topology import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE_NAME  # noqa: E402
+from config.topology import (  # noqa: E402
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE_NAME,
+    PARKED_QUEUE_NAME,
+)
 from encodeq.s3server import EmbeddedS3  # noqa: E402
 
 ORIGIN = "bench.origin"
-SIDE = "bench.side"
+TARGET = PARKED_QUEUE_NAME
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -56,7 +63,6 @@ def fill(url: str, count: int) -> set[str]:
             auto_delete=False,
             arguments={"x-message-ttl": 0, "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name},
         )
-        ch.queue_declare(SIDE, durable=True, auto_delete=False)
         for i in range(count):
             task_id = str(uuid.uuid4())
             ids.add(task_id)
@@ -137,7 +143,7 @@ def naive(url: str, count: int) -> float:
             headers = dict(props.pop("application_headers", None) or {})
             headers["encodeq-replay-count"] = int(headers.get("encodeq-replay-count", 0)) + 1
             out = amqp.Message(m.body, application_headers=headers, **props)
-            ch.basic_publish_confirm(out, exchange="", routing_key=SIDE, mandatory=True)
+            ch.basic_publish_confirm(out, exchange="", routing_key=TARGET, mandatory=True)
             ch.basic_ack(m.delivery_tag)
             moved += 1
         elapsed = time.perf_counter() - started
@@ -172,14 +178,14 @@ def main() -> int:
     os.environ.update(env)
     try:
         ids = fill(url, args.messages)
-        cli = [shutil.which("encodeq") or "encodeq", "dlq", "replay", "--all", "--to", SIDE]
+        cli = [shutil.which("encodeq") or "encodeq", "dlq", "replay", "--all", "--to", TARGET]
         started = time.perf_counter()
         result = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started
         if result.returncode != 0:
             raise SystemExit(f"replay failed ({result.returncode}):\n{result.stderr[-3000:]}")
         report = json.loads(result.stdout)
-        moved = drain_ids(url, SIDE)
+        moved = drain_ids(url, TARGET)
         left = queue_count(url, DEAD_LETTER_QUEUE_NAME)
         lost = len(ids - set(moved))
         duplicated = len(moved) - len(set(moved))
@@ -187,7 +193,7 @@ def main() -> int:
 
         fill(url, args.naive_messages)
         naive_s = naive(url, args.naive_messages)
-        naive_moved = queue_count(url, SIDE)
+        naive_moved = queue_count(url, TARGET)
 
         engine_rate = args.messages / report["seconds"]
         wall_rate = args.messages / wall

@@ -1,21 +1,26 @@
 """The audit trail: every replay, purge and import, kept in object storage so it outlives hosts.
 
-One JSON object per action under ``audit/`` in the ``failures`` bucket (next to the records the
-inspector reads; no failure record key starts with ``audit/``). Keys start with the UTC time, so
-listing them is reading the history in order, and two operators never write the same key.
+One JSON object per action in a bucket of its own (``audit``), apart from the failure records that
+workers write: a worker (or a message steering a worker) has nothing to write there, and in
+compose its storage user may not. Keys start with the UTC time, so listing them is reading the
+history in order, and two operators never write the same key.
 """
 
 from __future__ import annotations
 
 import getpass
+import re
 import socket
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from encodeq.storage import FAILURES, Storage
+from encodeq.storage import AUDIT, Storage
 
-PREFIX = "audit/"
+#: Every action the inspector audits.
+ACTIONS = frozenset({"replay", "purge", "import"})
+#: The only key shape ``record`` writes; anything else in the bucket is not ours to show.
+KEY_PATTERN = re.compile(r"\d{8}T\d{6}\.\d{6}-[0-9a-f]{8}\.json")
 
 
 def who() -> str:
@@ -44,16 +49,26 @@ def record(
         "target": target,
         **details,
     }
-    key = f"{PREFIX}{now.strftime('%Y%m%dT%H%M%S.%f')}-{uuid.uuid4().hex[:8]}.json"
-    (storage or Storage()).put_json(FAILURES, key, entry)
+    key = f"{now.strftime('%Y%m%dT%H%M%S.%f')}-{uuid.uuid4().hex[:8]}.json"
+    (storage or Storage()).put_json(AUDIT, key, entry)
     return entry
+
+
+def _is_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and entry.get("action") in ACTIONS
+        and isinstance(entry.get("time"), str)
+        and isinstance(entry.get("who"), str)
+        and isinstance(entry.get("ids"), list)
+    )
 
 
 def history(storage: Storage | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Audit entries, oldest first (the last ``limit`` of them)."""
     storage = storage or Storage()
-    keys = sorted(storage.list_keys(FAILURES, PREFIX))
+    keys = sorted(k for k in storage.list_keys(AUDIT) if KEY_PATTERN.fullmatch(k))
     if limit is not None:
         keys = keys[-limit:] if limit > 0 else []
-    entries = [storage.get_json(FAILURES, key) for key in keys]
-    return [e for e in entries if isinstance(e, dict)]
+    entries = [storage.get_json(AUDIT, key) for key in keys]
+    return [e for e in entries if _is_entry(e)]

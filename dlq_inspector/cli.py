@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,18 +25,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from config.settings import get_settings
-from config.topology import DEAD_LETTER_QUEUE_NAME
+from config.topology import DEAD_LETTER_QUEUE_NAME, PARKED_QUEUE_NAME
 from dlq_inspector import audit
 from dlq_inspector.broker import connect
 from dlq_inspector.browse import peek
 from dlq_inspector.explain import Row, load_records, row
-from dlq_inspector.export import ExportWriter, publish_into, read_export, write_export
+from dlq_inspector.export import ExportWriter, publish_into, write_export
 from dlq_inspector.filters import Selection, parse_duration
 from dlq_inspector.message import DeadLetter
 from dlq_inspector.purge import purge as purge_messages
-from dlq_inspector.replay import ReplayPolicy, plan, target_of
+from dlq_inspector.replay import REPLAY_QUEUES, ReplayPolicy, allowed_queues, plan, target_of
 from dlq_inspector.stats import group
 from dlq_inspector.stream import Mover, Outcome
+from dlq_inspector.validate import CheckedFile, check_export
 from encodeq.failures import FailureRecord, load_failure
 from encodeq.manifest import JobStore
 from encodeq.storage import Storage
@@ -47,9 +49,23 @@ if not out.is_terminal:
 err = Console(stderr=True, soft_wrap=True)
 
 # --- shared options ----------------------------------------------------------------------------
+#: The queues the inspector reads, moves out of and imports into. Not the work queues: holding a
+#: quorum queue's deliveries counts against their delivery limit, and importing there would
+#: skip the DLQ's checks.
+INSPECTED_QUEUES = (DEAD_LETTER_QUEUE_NAME, PARKED_QUEUE_NAME)
+
+
+def inspected_queue(name: str) -> str:
+    if name not in INSPECTED_QUEUES:
+        allowed = " and ".join(INSPECTED_QUEUES)
+        raise typer.BadParameter(f"{name!r}: the inspector works on {allowed}")
+    return name
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 QueueOpt = Annotated[
-    str, typer.Option("--queue", help="Queue to act on (e.g. encodeq.dlq.parked).")
+    str,
+    typer.Option("--queue", help="encodeq.dlq or encodeq.dlq.parked.", callback=inspected_queue),
 ]
 TaskOpt = Annotated[str | None, typer.Option("--task", help="Task name (glob).")]
 ReasonOpt = Annotated[
@@ -324,6 +340,8 @@ def replay(
     chosen = selection(ids, everything, task, reason, job, error_type, older_than)
     if chosen.is_empty:
         fail("say which messages: ids, --all, or filters (see `encodeq dlq list --help`)", code=2)
+    if to is not None and to not in REPLAY_QUEUES:
+        fail(f"--to {to}: replays go only to {allowed_queues()}", code=2)
     settings = get_settings()
     storage = Storage()
     cache: dict[str, FailureRecord | None] = {}
@@ -358,7 +376,7 @@ def replay(
             mover = Mover(conn, queue, policy, rate=rate, stop=stop, on_progress=update)
             outcome = mover.run()
     doc = outcome_json(outcome)
-    if outcome.total:
+    if outcome.total or outcome.failed:
         audit.record(
             "replay",
             doc["ids"],
@@ -396,6 +414,8 @@ def _print_plan(doc: dict[str, Any], max_replays: int) -> None:
         out.print(f"  expired (Celery `expires` passed): {', '.join(doc['expired'])}")
     if doc["no_target"]:
         out.print(f"  no x-death target (use --to): {', '.join(doc['no_target'])}")
+    for msg_id, why in doc["refused"].items():
+        out.print(f"  [red]kept[/] {msg_id}: {why}", highlight=False)
 
 
 # --- purge / export / import ---------------------------------------------------------------------
@@ -413,7 +433,11 @@ def purge(
         bool, typer.Option("--no-export", help="Do not write an export first.")
     ] = False,
     export_file: Annotated[
-        Path | None, typer.Option("--export-file", help="Where the export goes.")
+        Path | None,
+        typer.Option(
+            "--export-file",
+            help="Where the export goes (default: a new file in the private folder dlq-exports).",
+        ),
     ] = None,
     queue: QueueOpt = DEAD_LETTER_QUEUE_NAME,
     as_json: JsonOpt = False,
@@ -435,9 +459,10 @@ def purge(
         if not yes and not typer.confirm(f"purge {len(picked)} message(s) from {queue}?"):
             fail("not purged")
         writer = None
-        if not no_export:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            writer = ExportWriter(export_file or Path(f"dlq-purge-{stamp}.jsonl"))
+        if export_file is not None and not no_export:
+            writer = ExportWriter(export_file)
+        elif not no_export:
+            writer = ExportWriter(default_export_path(), exclusive=True)
         try:
             with stoppable() as stop, progress_bar("purging") as update:
                 outcome = purge_messages(
@@ -458,6 +483,13 @@ def purge(
             out.print(f"exported first to {writer.path}", highlight=False)
     if outcome.interrupted:
         raise typer.Exit(130)
+
+
+def default_export_path() -> Path:
+    """A new file in the user's private folder (0700): exports hold message bodies."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = get_settings().private_dir("dlq-exports")
+    return folder / f"dlq-purge-{stamp}-{uuid.uuid4().hex[:8]}.jsonl"
 
 
 @app.command()
@@ -489,21 +521,47 @@ def import_(
     queue: QueueOpt = DEAD_LETTER_QUEUE_NAME,
     as_json: JsonOpt = False,
 ) -> None:
-    """Publish every message of an export file back into the DLQ, exactly as exported."""
-    if not file.is_file():
-        fail(f"{file}: no such file")
+    """Publish every message of an export file back into the DLQ, exactly as exported, once every
+    line was checked: a JSON task message for a registered task, sane properties, no user_id, no
+    CC/BCC, bounded sizes, an x-death pointing at a work queue. One bad line: nothing published.
+    Every attempt is audited, refused or not."""
+    checked = CheckedFile()
+    routed = returned = 0
+    result, problem = "refused", None
     try:
-        messages = list(read_export(file))
-    except ValueError as exc:
-        fail(str(exc))
-    with connect() as conn:
-        routed, returned = publish_into(conn, queue, messages)
-    ids = [m.id for m in messages]
-    audit.record("import", ids, queue, file=str(file), returned=returned)
+        if not file.is_file():
+            problem = f"{file}: no such file"
+        else:
+            checked = check_export(file)
+            if checked.bad:
+                problem = f"{len(checked.bad)} bad line(s) in {file}: nothing was imported"
+            else:
+                result = "failed"
+                with connect() as conn:
+                    routed, returned = publish_into(conn, queue, checked.messages)
+                result = "imported"
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        ids = [m.id for m in checked.messages] if result != "refused" else []
+        bad = [b.as_json() for b in checked.bad]
+        details = {"result": result, "returned": returned, "bad_lines": bad[:100]}
+        try:
+            audit.record("import", ids, queue, file=str(file), error=problem, **details)
+        except Exception as exc:  # storage down: say so, never pass for audited
+            err.print(f"[bold red]error:[/] could not write the audit entry: {exc}")
+            problem = problem or "the import was not audited"
     if as_json:
-        print_json({"file": str(file), "imported": routed, "returned": returned, "ids": ids})
+        doc = {"file": str(file), "result": result, "imported": routed, "returned": returned}
+        print_json({**doc, "ids": ids, "bad_lines": bad, "error": problem})
     else:
-        out.print(f"imported {routed} message(s) into {queue}", highlight=False)
+        for line in checked.bad:
+            err.print(f"[red]line {line.number}:[/] {line.reason}", highlight=False)
+        if result == "imported":
+            out.print(f"imported {routed} message(s) into {queue}", highlight=False)
+    if problem:
+        fail(problem)
     if returned:
         fail(f"{returned} message(s) were not routed to {queue}")
 

@@ -5,7 +5,9 @@ for byte. Header and property values keep their AMQP types as py-amqp reads them
 types for strings, integers, floats, booleans, null, tables and arrays, and tagged objects for the
 rest (``{"$bytes": base64}``, ``{"$timestamp": epoch seconds}``, ``{"$decimal": "1.50"}``; a table
 with a key starting with ``$`` is wrapped as ``{"$table": {...}}``). Importing publishes each
-message as it was, x-death included, so the ids stay the same.
+message as it was, x-death included, so the ids stay the same; ``validate`` checks a file before
+anything of it is published. Export files hold message bodies and tracebacks' subjects: they are
+created 0600.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -81,7 +84,11 @@ def to_line(message: DeadLetter) -> str:
 
 
 def from_line(line: str) -> DeadLetter:
-    doc = json.loads(line)
+    return from_doc(json.loads(line))
+
+
+def from_doc(doc: dict[str, Any]) -> DeadLetter:
+    """One parsed export line -> the message (properties not named by AMQP are dropped)."""
     properties = {
         k: decode_value(v) for k, v in (doc.get("properties") or {}).items() if k in PROPERTY_NAMES
     }
@@ -92,12 +99,25 @@ def from_line(line: str) -> DeadLetter:
 
 
 class ExportWriter:
-    """Appends messages to a file; ``sync`` makes them durable before anything is acked."""
+    """Appends messages to a file; ``sync`` makes them durable before anything is acked.
 
-    def __init__(self, path: Path) -> None:
+    The file is created 0600 (a file that was there already is made 0600 too); ``exclusive``
+    refuses to reuse an existing name (a default name, which nobody asked to overwrite).
+    """
+
+    def __init__(self, path: Path, exclusive: bool = False) -> None:
         self.path = path
         self.count = 0
-        self._file: IO[str] = path.open("w", encoding="utf-8")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+        fd = os.open(path, flags, 0o600)
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+            self._file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
+        except BaseException:
+            os.close(fd)
+            raise
 
     def write(self, message: DeadLetter) -> None:
         self._file.write(to_line(message))
@@ -124,17 +144,6 @@ def write_export(path: Path, messages: Iterable[DeadLetter]) -> int:
     finally:
         writer.close()
     return writer.count
-
-
-def read_export(path: Path) -> Iterator[DeadLetter]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield from_line(line)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: not an export line: {exc}") from exc
 
 
 def publish_into(conn: Any, queue: str, messages: Iterable[DeadLetter]) -> tuple[int, int]:

@@ -6,6 +6,14 @@ delayed-delivery exchange goes straight to the queue it died in, not through the
 ``--to QUEUE`` sends it to that queue through the default exchange instead; a queue that does not
 exist makes the publish unroutable, so the broker returns it and the DLQ copy stays.
 
+Where a replay may go at all: only to the work queues (through the work exchange with one of the
+routing keys of ``TASK_ROUTES``, or to ``encodeq.control`` / ``encodeq.encode`` by name) or to the
+parked queue. ``x-death`` is just a header: an imported (or hand-published) message can say it
+died in ``celery.pidbox``, a reply queue or ``amq.*``, and a copy sent there commands every worker.
+Such a message is kept in the DLQ with the reason. So is one carrying RabbitMQ's sender-selected
+distribution headers (``CC``/``BCC``: a byte-for-byte copy would also be routed to every queue they
+name) or a ``user_id`` (the broker refuses it from anyone but the original publisher).
+
 A message already replayed ``dlq_max_replays`` times is parked in ``encodeq.dlq.parked``
 (unchanged) instead of bounced back again, unless forced.
 """
@@ -18,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from config.topology import PARKED_QUEUE_NAME
+from config.topology import PARKED_QUEUE_NAME, TASK_ROUTES, WORK_EXCHANGE
 from dlq_inspector.broker import exchange_exists, queue_size
 from dlq_inspector.filters import Selection
 from dlq_inspector.message import DeadLetter, Death
@@ -26,6 +34,13 @@ from dlq_inspector.stream import Decision, Keep, Publish
 from encodeq.failures import FailureRecord
 
 DELAY_PREFIX = "celery_delayed"
+
+#: Work routing keys of the work exchange -> the queue each reaches.
+WORK_ROUTES: dict[str, str] = {key: queue for queue, key in TASK_ROUTES.values()}
+#: The queues a replay may reach: the work queues and the parked queue.
+REPLAY_QUEUES: frozenset[str] = frozenset([*WORK_ROUTES.values(), PARKED_QUEUE_NAME])
+#: Headers that make RabbitMQ route a copy to further queues (sender-selected distribution).
+ROUTING_HEADERS = ("CC", "BCC")
 
 
 @dataclass(frozen=True)
@@ -37,7 +52,7 @@ class Target:
     def label(self) -> str:
         if self.exchange == "":
             return f"queue {self.routing_key}"
-        return f"{self.exchange} -> {self.routing_key}"
+        return f"{self.exchange} -> {self.routing_key or '(no routing key)'}"
 
 
 def origin(message: DeadLetter) -> Death | None:
@@ -57,6 +72,29 @@ def target_of(message: DeadLetter, to_queue: str | None = None) -> Target | None
     if death.exchange.startswith(DELAY_PREFIX) or not death.routing_keys:
         return Target("", death.queue)
     return Target(death.exchange, death.routing_keys[0])
+
+
+def allowed_queues() -> str:
+    return ", ".join(sorted(REPLAY_QUEUES))
+
+
+def target_refusal(target: Target) -> str | None:
+    """Why nothing may be replayed to ``target`` (None: it may)."""
+    if target.exchange == "" and target.routing_key in REPLAY_QUEUES:
+        return None
+    if target.exchange == WORK_EXCHANGE.name and target.routing_key in WORK_ROUTES:
+        return None
+    return f"{target.label} is not a work queue or the parked queue"
+
+
+def message_refusal(message: DeadLetter) -> str | None:
+    """Why this message may go nowhere, whatever its target (None: it may)."""
+    for name in ROUTING_HEADERS:
+        if name in message.headers:
+            return f"it has a {name} header: a copy would also be routed to the queues it names"
+    if "user_id" in message.properties:
+        return "it has a user_id property (only its original publisher may send it)"
+    return None
 
 
 def parks(message: DeadLetter, max_replays: int, force: bool) -> bool:
@@ -90,12 +128,17 @@ class ReplayPolicy:
     def __call__(self, message: DeadLetter) -> Decision:
         if not self.selected(message):
             return None
+        if (why := message_refusal(message)) is not None:
+            return Keep(f"not replayed: {why}")
         if parks(message, self.max_replays, self.force):
             body, props = message.copy_as_is()
             return Publish("", PARKED_QUEUE_NAME, body, props, "parked", message.raw_properties)
         target = target_of(message, self.to_queue)
         if target is None:
             return Keep("no x-death header says where it was going: use --to QUEUE")
+        if (why := target_refusal(target)) is not None:
+            where = "--to" if self.to_queue else "its x-death"
+            return Keep(f"not replayed: {where} says {why} (replays go only to {allowed_queues()})")
         if not self.exchange_ok(target.exchange):
             return Keep(f"exchange {target.exchange!r} does not exist")
         body, props = message.copy_for_replay()
@@ -112,6 +155,8 @@ class Plan:
     parked: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     no_target: list[str] = field(default_factory=list)
+    #: Messages that would be kept, and why (a target that is not a work queue, a CC header).
+    refused: dict[str, str] = field(default_factory=dict)
     ids: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -122,6 +167,7 @@ class Plan:
             "parked": self.parked,
             "expired": self.expired,
             "no_target": self.no_target,
+            "refused": self.refused,
             "ids": self.ids,
         }
 
@@ -138,6 +184,9 @@ def plan(messages: list[DeadLetter], policy: ReplayPolicy, now: datetime | None 
         result.ids.append(message.id)
         if message.expires is not None and message.expires < now:
             result.expired.append(message.id)
+        if (why := message_refusal(message)) is not None:
+            result.refused[message.id] = why
+            continue
         if parks(message, policy.max_replays, policy.force):
             result.parked.append(message.id)
             result.counts["parked"] += 1
@@ -145,6 +194,9 @@ def plan(messages: list[DeadLetter], policy: ReplayPolicy, now: datetime | None 
         target = target_of(message, policy.to_queue)
         if target is None:
             result.no_target.append(message.id)
+            continue
+        if (why := target_refusal(target)) is not None:
+            result.refused[message.id] = why
             continue
         result.counts[target.label] += 1
         if target not in known:

@@ -1,7 +1,9 @@
 """Failure records: *why* a task died, joined by task id with the broker's ``x-death`` (*where*).
 
 Written by the worker whenever a task fails for good (or its worker is lost), to
-``failures/<task_id>.json``. The DLQ inspector reads them; nothing else depends on them.
+``failures/<sha256 of the task id>.json``. The task id comes from the message, so it is whatever a
+publisher wrote (slashes, ``..``, ``audit/...``, a kilobyte of text): it never becomes a key itself.
+The DLQ inspector reads them; nothing else depends on them.
 """
 
 from __future__ import annotations
@@ -50,10 +52,17 @@ def message_key(headers: dict[str, Any] | None, body: bytes | str | None) -> str
     return "body-" + hashlib.sha256(raw).hexdigest()[:32]
 
 
+def record_key(task_id: str) -> str:
+    """The object key of a task's failure record: a digest of the id, a fixed-shape name that no
+    id can steer into another prefix or bucket."""
+    digest = hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{digest}.json"
+
+
 def save_failure(storage: Storage, record: FailureRecord) -> str:
-    return storage.put_json(FAILURES, f"{record.task_id}.json", record.model_dump(mode="json"))
+    return storage.put_json(FAILURES, record_key(record.task_id), record.model_dump(mode="json"))
 
 
 def load_failure(storage: Storage, task_id: str) -> FailureRecord | None:
-    doc = storage.get_json(FAILURES, f"{task_id}.json")
+    doc = storage.get_json(FAILURES, record_key(task_id))
     return None if doc is None else FailureRecord.model_validate(doc)

@@ -25,6 +25,9 @@ UPLOADS = "uploads"
 JOBS = "jobs"
 RENDITIONS = "renditions"
 FAILURES = "failures"
+#: The DLQ inspector's audit trail (replays, purges, imports): written by operators' tools (the
+#: ``encodeq dlq`` CLI, the dashboard), never by workers, so nothing a message says can forge it.
+AUDIT = "audit"
 
 #: Multipart part size: large sources go up in parts (and resume part by part on a retry).
 PART_SIZE = 16 * 1024 * 1024

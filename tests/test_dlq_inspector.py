@@ -3,14 +3,21 @@
 Deaths of every kind of the failure policy: an upload that is not a video (app failure, with its
 failure record), a task name no worker knows and a body that does not decode (malformed, recorded
 by the worker's consumer), and a crash loop (a consumer dying with the message, until the quorum
-queue's delivery limit dead-letters it).
+queue's delivery limit dead-letters it). And what a message must not be able to do through a
+worker: name a storage key with its task id (forging the audit trail), or command the worker
+through Celery's remote control (off unless Flower is deployed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import re
+import socket
+import subprocess
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import amqp
@@ -22,13 +29,21 @@ from support import (
     dlq_messages,
     encodeq,
     make_video,
+    settings,
     storage,
     wait_for,
     wait_for_job,
 )
 
-from config.topology import WORK_EXCHANGE, declare_topology, work_queue_arguments
-from encodeq.storage import UPLOADS, parse_uri
+from config.topology import (
+    DEAD_LETTER_QUEUE_NAME,
+    WORK_EXCHANGE,
+    declare_topology,
+    work_queue_arguments,
+)
+from dlq_inspector.audit import ACTIONS
+from encodeq.failures import load_failure, record_key
+from encodeq.storage import AUDIT, FAILURES, UPLOADS, parse_uri
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +198,122 @@ def test_replay_after_fixing_the_source_completes_the_job(fleet, tmp_path: Path)
     assert dlq_json("list", "--job", job_id) == []
     history = dlq_json("history")
     assert any(e["action"] == "replay" and row["id"] in e["ids"] for e in history)
+
+
+# --- what a message must not be able to do through a worker ------------------------------------
+def test_a_task_id_never_becomes_a_storage_key(fleet) -> None:
+    """Failure records are keyed by a digest of the task id: ids shaped like paths into the audit
+    trail, or longer than an S3 key may be, still get their record, and the history shows only
+    what operators did."""
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
+    shapes = [
+        lambda tag: f"../audit/{stamp}-{tag}",
+        lambda tag: f"audit/{stamp}-{tag}",
+        lambda tag: f"a/b/../../audit/{stamp}-{tag}",
+        lambda tag: f"/{tag}/../audit",
+        lambda tag: f"..%2faudit%2f{tag}",
+        lambda tag: f"{tag}/" + "x" * rng.randint(1100, 3000),  # past S3's 1024-byte key limit
+        lambda tag: f"\u00fc/{tag}/\u202e.json",
+    ]
+    history_before = dlq_json("history")
+    audit_before = set(storage().list_keys(AUDIT))
+    # Both places a worker writes records from: a task that fails, a message it cannot run.
+    unknown = f"dlqtest.crafted.{uuid.uuid4().hex[:8]}"
+    bodies = {"encodeq.probe": b"[[1, 2, 3], {}, {}]", unknown: b'[["x"], {}, {}]'}
+    crafted = {}
+    for shape in shapes:
+        task_id = shape(uuid.uuid4().hex[:8])
+        task = rng.choice(sorted(bodies))
+        crafted[task_id] = task
+        publish_raw(bodies[task], {"task": task, "id": task_id})
+
+    def recorded() -> dict | None:
+        found = {i: load_failure(storage(), i) for i in crafted}
+        return found if all(found.values()) else None
+
+    records = wait_for(recorded, 60, "a failure record for every crafted id")
+    for task_id, record in records.items():
+        assert record.task_id == task_id and record.task == crafted[task_id]
+        assert record.code in ("bad_arguments", "unknown_task"), record
+    keys = set(storage().list_keys(FAILURES))
+    assert all(re.fullmatch(r"[0-9a-f]{64}\.json", key) for key in keys), keys
+    assert {record_key(i) for i in crafted} <= keys
+    assert set(storage().list_keys(AUDIT)) == audit_before
+    history = dlq_json("history")
+    assert history == history_before and all(e["action"] in ACTIONS for e in history)
+    rows = {r["key"]: r for r in dlq_json("list") if r["key"] in crafted}
+    assert set(rows) == set(crafted) and all(r["code"] == records[k].code for k, r in rows.items())
+    for row in rows.values():
+        dlq_json("purge", row["id"], "--yes", "--no-export")
+
+
+def pidbox_consumers(node: str) -> int:
+    """Consumers of a worker's remote-control queue (0 when there is none). The queue is
+    exclusive to the worker's connection, so only the broker's own listing sees it."""
+    vhost = settings().broker_url.rsplit("/", 1)[1]
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "consumers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    counts = dict(line.rsplit(None, 1) for line in listing.splitlines() if line.strip())
+    return int(counts.get(f"{node}.celery.pidbox", 0))
+
+
+def _ran_a_message() -> str:
+    """Publish a message only a worker can dead-letter, and wait for its failure record: once a
+    worker has run one, all of its start-up steps (remote control's included) have run."""
+    key = str(uuid.uuid4())
+    publish_raw(b"[[], {}, {}]", {"task": f"dlqtest.rc.{uuid.uuid4().hex[:8]}", "id": key})
+    wait_for(lambda: load_failure(storage(), key), 60, "a worker to run a message")
+    return key
+
+
+def test_workers_take_no_remote_control_unless_told(fleet, workers) -> None:
+    """A worker has no ``celery.pidbox`` consumer, so a shutdown broadcast (or a dead letter
+    claiming to come from a pidbox queue) cannot stop it; ENCODEQ_REMOTE_CONTROL=1 turns remote
+    control on for Flower. And the inspector will not replay into a pidbox queue."""
+    from worker.app import app as celery_app
+
+    host = socket.gethostname()
+    alpha = f"dlq-alpha@{host}"
+    _ran_a_message()
+    assert pidbox_consumers(alpha) == 0
+
+    controlled = workers.start("dlq-rc", env={"ENCODEQ_REMOTE_CONTROL": "1"})
+    rc_node = f"dlq-rc@{host}"
+    pidbox = f"{rc_node}.celery.pidbox"
+    wait_for(lambda: pidbox_consumers(rc_node) == 1, 60, "the remote-controlled worker's pidbox")
+
+    # The attack: a dead letter whose x-death says it died in that worker's pidbox queue.
+    command = {"method": "shutdown", "arguments": {}, "destination": None}
+    now = datetime.now(UTC).replace(tzinfo=None)
+    death = {"count": 1, "reason": "rejected", "queue": pidbox, "exchange": ""}
+    death.update({"routing-keys": [pidbox], "time": now})
+    with broker() as conn:
+        ch = conn.connection.channel()
+        ch.confirm_select()
+        headers = {"x-death": [death]}
+        body = json.dumps(command).encode()
+        message = amqp.Message(body, content_type="application/json", application_headers=headers)
+        ch.basic_publish_confirm(message, "", DEAD_LETTER_QUEUE_NAME, mandatory=True)
+        ch.close()
+    [row] = [r for r in dlq_json("list") if r["queue"] == pidbox]
+    result = dlq("replay", row["id"], "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["moved"] == 0 and "not a work queue" in report["failed"][0]["why"]
+    assert [r["id"] for r in dlq_json("list") if r["queue"] == pidbox] == [row["id"]]
+    assert controlled.proc.poll() is None  # nothing was sent to it
+
+    # Remote control itself: only the worker that has it obeys.
+    celery_app.control.shutdown(destination=[alpha, rc_node])
+    wait_for(lambda: controlled.proc.poll() is not None, 60, "the remote-controlled worker to stop")
+    _ran_a_message()  # alpha took no command: it still runs messages
+    assert fleet.workers[0].proc.poll() is None
+    dlq_json("purge", row["id"], "--yes", "--no-export")
