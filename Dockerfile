@@ -1,4 +1,5 @@
-# The encodeq image: the worker by default; compose also runs Flower from it.
+# The encodeq image: the worker by default; compose also runs Flower, minio-setup and the
+# uploader (encodeq serve) from it.
 FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

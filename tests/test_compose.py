@@ -1,22 +1,35 @@
 """docker-compose.yml, the Dockerfile and the RabbitMQ files, checked without a Docker engine.
 
 The structure is read with PyYAML and checked against the project's own settings; the commands the
-containers run (the worker's, Flower's) are run here natively, exactly as written, against this
-test run's RabbitMQ vhost and S3 server, and must do their job. When a compose binary is installed
-(`docker compose` or `docker-compose`), it validates the file offline too.
+containers run (the worker's, Flower's, minio-setup's) are run here natively, exactly as written,
+against this test run's RabbitMQ vhost and S3 server, and must do their job. When a compose binary
+is installed (`docker compose` or `docker-compose`), it validates the file offline too.
+
+Exposure (issue 10, item 13): every published port binds 127.0.0.1 unless ENCODEQ_BIND says
+otherwise; no secret has a usable default (compose refuses to start without them, and the services
+refuse the well-known ones off loopback); Flower asks for a password; the workers and the dashboard
+hold storage users of their own, whose policies are checked here by a real policy evaluator: moto
+with IAM enforcement, S3 requests signed with each user's key (there is no MinIO server here, and
+moto has no MinIO admin API, so ``minio-setup``'s admin half is shown failing loudly instead).
 """
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import io
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -24,6 +37,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from minio import Minio
+from minio.error import S3Error
 from support import (
     CONTROL_QUEUE_NAME,
     ENCODE_QUEUE_NAME,
@@ -34,8 +49,11 @@ from support import (
     wait_for,
 )
 
+from config.exposure import KNOWN_DEFAULT_SECRETS, exposed_defaults
 from config.settings import Settings
+from encodeq import s3_users
 from encodeq.s3server import free_port
+from encodeq.storage import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
 from worker.app import HARD_LIMIT_MARGIN_S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +62,22 @@ DOCKERFILE = ROOT / "Dockerfile"
 RABBITMQ_CONF = ROOT / "config" / "rabbitmq" / "rabbitmq.conf"
 ENABLED_PLUGINS = ROOT / "config" / "rabbitmq" / "enabled_plugins"
 
-SERVICES = {"minio", "rabbitmq", "worker", "flower", "uploader"}
-#: The only credentials allowed in the repository: the well-known local defaults.
-LOCAL_DEFAULTS = {"guest", "minioadmin", "encodeq-local-token"}
-SECRET_NAME = re.compile(r"PASS|SECRET|KEY|TOKEN|USER", re.IGNORECASE)
-INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
+SERVICES = {"minio", "minio-setup", "rabbitmq", "worker", "flower", "uploader"}
+SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|BASIC_AUTH", re.IGNORECASE)
+INTERPOLATION = re.compile(
+    r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+)
 SETTINGS_NAMES = {f"ENCODEQ_{name.upper()}" for name in Settings.model_fields}
+#: Compose-only variables (not settings of a service): where the published ports listen.
+COMPOSE_NAMES = {"ENCODEQ_BIND"}
+#: What an operator puts in .env (README): random values, as the README's one-liner makes them.
+DOT_ENV = {
+    "MINIO_ROOT_PASSWORD": secrets.token_hex(16),
+    "RABBITMQ_DEFAULT_PASS": secrets.token_hex(16),
+    "WORKER_S3_SECRET_KEY": secrets.token_hex(16),
+    "DASHBOARD_S3_SECRET_KEY": secrets.token_hex(16),
+    "FLOWER_BASIC_AUTH": f"admin:{secrets.token_hex(16)}",
+}
 
 
 # --- reading the files ----------------------------------------------------------------------------
@@ -63,9 +91,22 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return compose["services"]
 
 
-def interpolate(value: str) -> str:
-    """Compose's ``${NAME:-default}`` with nothing set in the environment: the local defaults."""
-    return INTERPOLATION.sub(lambda m: m["default"] or "", value)
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's ``${NAME}``, ``${NAME:-default}`` and ``${NAME:?error}`` with ``env`` (default:
+    the operator's .env above, nothing else set)."""
+    env = DOT_ENV if env is None else env
+
+    def one(m: re.Match) -> str:
+        value = env.get(m["name"])
+        # ":-" and ":?" treat an empty value as unset; "-" and "?" only a missing one.
+        unset = not value if m["op"] in (":-", ":?") else value is None
+        if not unset:
+            return str(value)
+        if m["op"] in (":?", "?"):
+            raise LookupError(f"${{{m['name']}}} is required: {m['arg']}")
+        return m["arg"] if m["op"] in (":-", "-") else ""
+
+    return INTERPOLATION.sub(one, value)
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -120,9 +161,31 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return found
 
 
+def published(service: dict[str, Any], env: dict[str, str] | None = None) -> set[str]:
+    """A service's port mappings as compose resolves them."""
+    return {interpolate(str(p), env) for p in service.get("ports", [])}
+
+
 # --- structure ------------------------------------------------------------------------------------
 def test_every_service_is_there_and_nothing_else(services: dict) -> None:
     assert set(services) == SERVICES
+
+
+def test_published_ports_listen_on_loopback_unless_told(services: dict) -> None:
+    """Every host port is bound to 127.0.0.1 by default; ENCODEQ_BIND moves all of them."""
+    mappings = {name: published(service) for name, service in services.items()}
+    assert {name for name, ports in mappings.items() if ports} == {
+        "minio",
+        "rabbitmq",
+        "flower",
+        "uploader",
+    }
+    for name, ports in mappings.items():
+        for mapping in ports:
+            host, _, rest = mapping.partition(":")
+            assert host == "127.0.0.1" and re.fullmatch(r"\d+:\d+", rest), (name, mapping)
+    moved = {p for s in services.values() for p in published(s, {**DOT_ENV, "ENCODEQ_BIND": "::"})}
+    assert moved and all(p.startswith(":::") for p in moved), moved
 
 
 def test_pulled_images_are_pinned_to_a_release(services: dict) -> None:
@@ -141,7 +204,7 @@ def test_pulled_images_are_pinned_to_a_release(services: dict) -> None:
 
 def test_minio_has_its_api_console_volume_and_healthcheck(compose: dict, services: dict) -> None:
     minio = services["minio"]
-    assert {"9000:9000", "9001:9001"} <= {str(p) for p in minio["ports"]}
+    assert {"127.0.0.1:9000:9000", "127.0.0.1:9001:9001"} <= published(minio)
     assert "--console-address" in minio["command"]
     [volume] = minio["volumes"]
     name, _, target = volume.partition(":")
@@ -154,7 +217,7 @@ def test_rabbitmq_mounts_its_config_and_has_the_management_ui(services: dict) ->
     mounts = {v.split(":")[1]: v.split(":")[0] for v in rabbitmq["volumes"]}
     assert (ROOT / mounts["/etc/rabbitmq/rabbitmq.conf"]).resolve() == RABBITMQ_CONF
     assert (ROOT / mounts["/etc/rabbitmq/enabled_plugins"]).resolve() == ENABLED_PLUGINS
-    assert "15672:15672" in {str(p) for p in rabbitmq["ports"]}
+    assert "127.0.0.1:15672:15672" in published(rabbitmq)
     assert rabbitmq["healthcheck"]["test"]
     plugins = ENABLED_PLUGINS.read_text().strip()
     assert re.fullmatch(r"\[[a-z_,\s]*\]\.", plugins), "enabled_plugins is an Erlang list term"
@@ -202,22 +265,46 @@ def test_worker_waits_for_healthy_services_and_stops_warm(services: dict) -> Non
     assert services["flower"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
 
 
+def resolved(service: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, str]:
+    return {k: interpolate(v, env) for k, v in environment(service).items()}
+
+
 def test_worker_environment_points_at_the_compose_services(services: dict) -> None:
-    env = {k: interpolate(v) for k, v in environment(services["worker"]).items()}
+    env = resolved(services["worker"])
     broker = urlsplit(env["ENCODEQ_BROKER_URL"])
     assert (broker.scheme, broker.hostname, broker.port or 5672) == ("amqp", "rabbitmq", 5672)
     s3 = urlsplit(env["ENCODEQ_S3_ENDPOINT"])
     assert (s3.hostname, s3.port) == ("minio", 9000)
-    rabbit_env = {k: interpolate(v) for k, v in environment(services["rabbitmq"]).items()}
-    minio_env = {k: interpolate(v) for k, v in environment(services["minio"]).items()}
+    rabbit_env = resolved(services["rabbitmq"])
     assert (broker.username, broker.password) == (
-        rabbit_env.get("RABBITMQ_DEFAULT_USER", "guest"),
-        rabbit_env.get("RABBITMQ_DEFAULT_PASS", "guest"),
+        rabbit_env["RABBITMQ_DEFAULT_USER"],
+        rabbit_env["RABBITMQ_DEFAULT_PASS"],
     )
-    assert env["ENCODEQ_S3_ACCESS_KEY"] == minio_env["MINIO_ROOT_USER"]
-    assert env["ENCODEQ_S3_SECRET_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
+    assert broker.username != "guest"  # no guest user at all
     flower_env = environment(services["flower"])
     assert flower_env["ENCODEQ_BROKER_URL"] == environment(services["worker"])["ENCODEQ_BROKER_URL"]
+
+
+def test_only_minio_setup_holds_the_root_key_each_service_its_own_user(services: dict) -> None:
+    minio = resolved(services["minio"])
+    root = (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"])
+    setup = resolved(services["minio-setup"])
+    assert (setup["ENCODEQ_S3_ACCESS_KEY"], setup["ENCODEQ_S3_SECRET_KEY"]) == root
+    assert services["minio-setup"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    users = {
+        "worker": ("ENCODEQ_WORKER_S3_ACCESS_KEY", "ENCODEQ_WORKER_S3_SECRET_KEY"),
+        "uploader": ("ENCODEQ_DASHBOARD_S3_ACCESS_KEY", "ENCODEQ_DASHBOARD_S3_SECRET_KEY"),
+    }
+    for name, (access, secret) in users.items():
+        env = resolved(services[name])
+        keys = (env["ENCODEQ_S3_ACCESS_KEY"], env["ENCODEQ_S3_SECRET_KEY"])
+        assert keys == (setup[access], setup[secret]) and keys != root, name
+        needs = services[name]["depends_on"]["minio-setup"]["condition"]
+        assert needs == "service_completed_successfully", name
+    for name in SERVICES - {"minio", "minio-setup"}:
+        assert root[1] not in resolved(services[name]).values(), f"{name} holds the root key"
+    # Flower talks to the broker only: no storage key at all.
+    assert not {k for k in environment(services["flower"]) if k.startswith("ENCODEQ_S3_")}
 
 
 def test_encodeq_variables_are_real_settings(services: dict) -> None:
@@ -226,7 +313,8 @@ def test_encodeq_variables_are_real_settings(services: dict) -> None:
     text = COMPOSE_FILE.read_text() + DOCKERFILE.read_text()
     named = set(re.findall(r"\bENCODEQ_[A-Z0-9_]+", text))
     assert named, "compose configures the services through ENCODEQ_* variables"
-    assert named <= SETTINGS_NAMES, f"not settings: {sorted(named - SETTINGS_NAMES)}"
+    unknown = named - SETTINGS_NAMES - COMPOSE_NAMES
+    assert not unknown, f"not settings: {sorted(unknown)}"
     assert all(k.startswith("ENCODEQ_") for k in environment(services["worker"]))
     assert all(k.startswith(("ENCODEQ_", "FLOWER_")) for k in environment(services["flower"]))
 
@@ -246,27 +334,32 @@ def url_credentials(value: str) -> tuple[str, str] | None:
     )
 
 
-def test_no_secrets_beyond_local_defaults(services: dict) -> None:
-    """Credentials are `${VAR:-local default}`: overridable, and only guest/minioadmin written."""
-
-    def check_secret(where: str, value: str) -> None:
-        literal = INTERPOLATION.sub("", value)
-        assert not literal or literal in LOCAL_DEFAULTS, f"{where}: hard-coded {value!r}"
-        for m in INTERPOLATION.finditer(value):
-            assert m["default"] in LOCAL_DEFAULTS, f"{where}: default {m['default']!r}"
-
-    checked = 0
+def test_secrets_have_no_usable_default(services: dict) -> None:
+    """Every secret is ``${VAR:?why}``: compose refuses to start without it. The API token alone
+    may be empty (``${ENCODEQ_API_TOKEN:-}``): the server then generates one. No well-known
+    secret is written anywhere in the file."""
+    checked = []
     for name, service in services.items():
         for key, value in environment(service).items():
             credentials = url_credentials(value)
-            if credentials is not None:
-                check_secret(f"{name}.{key} user", credentials[0])
-                check_secret(f"{name}.{key} password", credentials[1])
-                checked += 1
-            elif SECRET_NAME.search(key):
-                check_secret(f"{name}.{key}", value)
-                checked += 1
-    assert checked >= 6  # minio's two, rabbitmq's two, the worker's broker URL and S3 keys
+            secret = credentials[1] if credentials else value if SECRET_NAME.search(key) else None
+            if secret is None:
+                continue
+            checked.append(f"{name}.{key}")
+            if key == "ENCODEQ_API_TOKEN":
+                assert secret == "${ENCODEQ_API_TOKEN:-}", secret
+                continue
+            m = INTERPOLATION.fullmatch(secret)
+            assert m and m["op"] == ":?" and m["arg"], f"{name}.{key}: {secret!r} has a default"
+            # ...and compose says what to do when it is missing.
+            with pytest.raises(LookupError, match=m["name"]):
+                interpolate(value, {k: v for k, v in DOT_ENV.items() if k != m["name"]})
+    assert len(checked) >= 10, checked
+    text = COMPOSE_FILE.read_text()
+    for known in KNOWN_DEFAULT_SECRETS:
+        assert not re.search(rf"[:=\-/]{re.escape(known)}\b", text), (
+            f"{known} is written in compose"
+        )
     dockerfile = DOCKERFILE.read_text()
     assert not re.search(r"(PASS|SECRET|ACCESS_KEY)\w*\s*=", dockerfile), "no credentials baked in"
 
@@ -292,8 +385,16 @@ def test_dockerignore_keeps_what_the_install_needs() -> None:
         if line.strip() and not line.startswith("#")
     ]
     assert ".git" in patterns
-    needed = ["pyproject.toml", "README.md", "encodeq", "config", "config/rabbitmq/rabbitmq.conf",
-              "worker", "uploader", "dlq_inspector"]  # fmt: skip
+    needed = [
+        "pyproject.toml",
+        "README.md",
+        "encodeq",
+        "config",
+        "config/rabbitmq/rabbitmq.conf",
+        "worker",
+        "uploader",
+        "dlq_inspector",
+    ]
     for path in needed:
         assert not any(fnmatch(path, p) for p in patterns), f".dockerignore drops {path}"
 
@@ -318,21 +419,48 @@ def test_compose_binary_validates_the_file_offline() -> None:
             pytest.fail(message)
         pytest.skip(message)
     run = [*binary, "-f", str(COMPOSE_FILE)]
-    checked = subprocess.run([*run, "config", "-q"], capture_output=True, text=True, timeout=60,
-                             cwd=ROOT)  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if k not in DOT_ENV and k != "ENCODEQ_BIND"}
+
+    def compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*run, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env={**clean, **env},
+        )
+
+    checked = compose("config", "-q", env=DOT_ENV)
     assert checked.returncode == 0, checked.stderr
-    listed = subprocess.run([*run, "config", "--services"], capture_output=True, text=True,
-                            timeout=60, cwd=ROOT)  # fmt: skip
+    listed = compose("config", "--services", env=DOT_ENV)
     assert listed.returncode == 0, listed.stderr
     assert set(listed.stdout.split()) == SERVICES
+    resolved_file = yaml.safe_load(compose("config", env=DOT_ENV).stdout)
+    for name, service in resolved_file["services"].items():
+        for port in service.get("ports", []):
+            host = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
+            assert host == "127.0.0.1", (name, port)
+    # Without the .env, compose refuses, naming what is missing.
+    for missing in DOT_ENV:
+        refused = compose("config", "-q", env={k: v for k, v in DOT_ENV.items() if k != missing})
+        assert refused.returncode != 0 and missing in refused.stderr, (missing, refused.stderr)
 
 
 # --- the services' commands, run natively ---------------------------------------------------------
+def compose_settings(service: dict[str, Any]) -> dict[str, str]:
+    """A service's compose settings, less where the services are (this run's broker and S3)."""
+    where = ("ENCODEQ_BROKER_URL", "ENCODEQ_S3_")
+    return {k: v for k, v in resolved(service).items() if not k.startswith(where)}
+
+
 @pytest.fixture(scope="module")
 def compose_worker(services: dict):
     """The compose worker's command, exactly as the container runs it, here."""
     fleet = WorkerFleet()
-    worker = fleet.start("compose", argv=argv(services["worker"]))
+    worker = fleet.start(
+        "compose", argv=argv(services["worker"]), env=compose_settings(services["worker"])
+    )
     yield worker
     fleet.stop_all()
 
@@ -344,8 +472,11 @@ def test_compose_worker_command_consumes_and_completes_a_job(
     assert command[:2] == ["encodeq", "worker"]
     assert consumers(CONTROL_QUEUE_NAME) >= 1 and consumers(ENCODE_QUEUE_NAME) >= 1
     concurrency = int(command[command.index("--concurrency") + 1])
-    wait_for(lambda: len(compose_worker.pool_children()) == concurrency, 30,
-             f"{concurrency} pool processes")  # fmt: skip
+    wait_for(
+        lambda: len(compose_worker.pool_children()) == concurrency,
+        30,
+        f"{concurrency} pool processes",
+    )
 
     source = make_video(media_dir / "compose.mp4", 320, 180, duration=2)
     result = encodeq("upload", str(source), "--wait", "--json", "--timeout", "180")
@@ -377,9 +508,10 @@ def test_compose_worker_stops_warm_within_its_grace_period(services: dict) -> No
         fleet.stop_all()
 
 
-def http_get(url: str) -> tuple[int, str]:
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, ""
@@ -387,43 +519,61 @@ def http_get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def test_flower_command_serves_the_dashboard_and_sees_the_worker(
+def basic(credentials: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+def test_flower_command_asks_for_a_password_and_sees_the_worker(
     compose_worker, services: dict
 ) -> None:
     flower = services["flower"]
     command = argv(flower)
     port = free_port()
-    env_overrides = {
-        # The compose port is taken on a shared machine: the same variable Flower reads there.
+    written = environment(flower)
+    credentials = resolved(flower)["FLOWER_BASIC_AUTH"]
+    assert written["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")  # no default
+    assert f"127.0.0.1:{written['FLOWER_PORT']}:{written['FLOWER_PORT']}" in published(flower)
+    env = {
+        # Flower reads these where compose sets them; the compose port is taken on a shared
+        # machine, so the same variable moves it.
+        "FLOWER_BASIC_AUTH": credentials,
         "FLOWER_PORT": str(port),
         "FLOWER_ADDRESS": "127.0.0.1",
-        "FLOWER_UNAUTHENTICATED_API": "true",  # test only: read the API without a login
-    }
-    assert "FLOWER_PORT" in environment(flower)
-    assert f"{environment(flower)['FLOWER_PORT']}:{environment(flower)['FLOWER_PORT']}" in {
-        str(p) for p in flower["ports"]
     }
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"encodeq-flower-{os.getpid()}.log"
     program = shutil.which(command[0])
     assert program, f"{command[0]} is not installed"
     assert importlib.util.find_spec("flower"), "Flower is in the test extra"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
     proc = subprocess.Popen(
-        [program, *command[1:]], stdout=log.open("w"), stderr=subprocess.STDOUT,
-        env={**os.environ, **env_overrides}, start_new_session=True, cwd=ROOT,
-    )  # fmt: skip
+        [program, *command[1:]],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**clean, **env},
+        start_new_session=True,
+        cwd=ROOT,
+    )
     base = f"http://127.0.0.1:{port}"
+    auth = basic(credentials)
     try:
-        wait_for(lambda: proc.poll() is not None or http_get(f"{base}/healthcheck") == (200, "OK"),
-                 60, "Flower to answer")  # fmt: skip
+        wait_for(
+            lambda: proc.poll() is not None or http_get(f"{base}/healthcheck", auth)[0] == 200,
+            60,
+            "Flower to answer",
+        )
         assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        user = credentials.split(":", 1)[0]
+        for wrong in ({}, basic(f"{user}:wrong"), basic("admin:admin"), basic(f"{user}:")):
+            for path in ("/", "/api/workers", "/tasks"):
+                assert http_get(f"{base}{path}", wrong)[0] == 401, (path, wrong)
         node = f"encodeq-{compose_worker.pid}@"
 
         def sees_worker() -> bool:
-            status, body = http_get(f"{base}/api/workers?refresh=1")
+            status, body = http_get(f"{base}/api/workers?refresh=1", auth)
             return status == 200 and any(name.startswith(node) for name in json.loads(body))
 
         wait_for(sees_worker, 60, "Flower to list the compose worker", every=1)
-        status, page = http_get(f"{base}/")
+        status, page = http_get(f"{base}/", auth)
         assert status == 200 and "Flower" in page
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -432,3 +582,315 @@ def test_flower_command_serves_the_dashboard_and_sees_the_worker(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+
+
+# --- well-known secrets off loopback --------------------------------------------------------------
+#: (environment, bind address) -> refused? A sweep over every secret the check knows, each where it
+#: is exposed and where it is not.
+EXPOSURE_CASES = [
+    ({"ENCODEQ_BROKER_URL": "amqp://guest:guest@rabbitmq:5672//"}, None, True),
+    ({"ENCODEQ_BROKER_URL": "amqp://rabbitmq:5672//"}, None, True),  # kombu logs in as guest
+    (
+        {"ENCODEQ_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//;amqp://guest:guest@b:5672//"},
+        None,
+        True,
+    ),
+    ({"ENCODEQ_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}, None, False),
+    ({"ENCODEQ_BROKER_URL": "amqp://guest:guest@localhost:5672//"}, None, False),
+    ({"ENCODEQ_BROKER_URL": "amqp://guest:guest@[::1]:5672//"}, None, False),
+    ({"ENCODEQ_BROKER_URL": f"amqp://encodeq:{secrets.token_hex(8)}@rabbitmq:5672//"}, None, False),
+    (
+        {"ENCODEQ_S3_ENDPOINT": "http://minio:9000", "ENCODEQ_S3_SECRET_KEY": "minioadmin"},
+        None,
+        True,
+    ),
+    (
+        {
+            "ENCODEQ_S3_PUBLIC_ENDPOINT": "http://203.0.113.7:9000",
+            "ENCODEQ_S3_SECRET_KEY": "minioadmin",
+        },
+        None,
+        True,
+    ),
+    (
+        {"ENCODEQ_S3_ENDPOINT": "http://127.0.0.1:9000", "ENCODEQ_S3_SECRET_KEY": "minioadmin"},
+        None,
+        False,
+    ),
+    (
+        {"ENCODEQ_S3_ENDPOINT": "http://minio:9000", "ENCODEQ_S3_SECRET_KEY": secrets.token_hex(8)},
+        None,
+        False,
+    ),
+    ({"ENCODEQ_API_TOKEN": "encodeq-local-token"}, "0.0.0.0", True),
+    ({"ENCODEQ_API_TOKEN": "encodeq-local-token"}, "::", True),
+    ({"ENCODEQ_API_TOKEN": "encodeq-local-token"}, "127.0.0.1", False),
+    ({"ENCODEQ_API_TOKEN": ""}, "0.0.0.0", False),  # generated at start
+    ({"ENCODEQ_API_TOKEN": secrets.token_hex(8)}, "0.0.0.0", False),
+]
+
+
+def test_well_known_secrets_off_loopback_are_found() -> None:
+    base = {
+        "ENCODEQ_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+        "ENCODEQ_S3_ENDPOINT": "http://127.0.0.1:9000",
+        "ENCODEQ_S3_SECRET_KEY": "minioadmin",
+        "ENCODEQ_S3_PUBLIC_ENDPOINT": "",
+        "ENCODEQ_API_TOKEN": "",
+    }
+    for env, bind, refused in EXPOSURE_CASES:
+        fields = {k.removeprefix("ENCODEQ_").lower(): v for k, v in {**base, **env}.items()}
+        found = exposed_defaults(Settings(**fields), bind)
+        assert bool(found) == refused, (env, bind, found)
+
+
+def test_worker_serve_and_minio_setup_refuse_well_known_secrets_off_loopback() -> None:
+    """The commands themselves: exit 2 with the reason before connecting or listening."""
+    cases = [
+        (["worker"], {"ENCODEQ_BROKER_URL": "amqp://guest:guest@rabbitmq:5672//"}, "broker"),
+        (
+            ["worker"],
+            {"ENCODEQ_S3_ENDPOINT": "http://minio:9000", "ENCODEQ_S3_SECRET_KEY": "minioadmin"},
+            "S3",
+        ),
+        (
+            ["serve", "--host", "0.0.0.0", "--port", str(free_port())],
+            {"ENCODEQ_API_TOKEN": "encodeq-local-token"},
+            "ENCODEQ_API_TOKEN",
+        ),
+        (
+            ["serve", "--port", str(free_port())],
+            {"ENCODEQ_BROKER_URL": "amqp://guest:guest@rabbitmq:5672//"},
+            "broker",
+        ),
+        (
+            ["minio-setup"],
+            {
+                "ENCODEQ_S3_ENDPOINT": "http://minio:9000",
+                "ENCODEQ_S3_ACCESS_KEY": "minioadmin",
+                "ENCODEQ_S3_SECRET_KEY": "minioadmin",
+            },
+            "S3",
+        ),
+    ]
+    for args, env, names in cases:
+        result = encodeq(*args, env=env, timeout=60)
+        assert result.returncode == 2, (args, env, result.stdout, result.stderr[-2000:])
+        assert "well-known" in result.stderr and names in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+# --- least-privilege storage users ----------------------------------------------------------------
+def test_minio_setup_command_runs_natively_and_fails_loudly_without_an_admin_api(
+    services: dict,
+) -> None:
+    """The compose command as written: the buckets are made with S3 calls; the users and policies
+    need MinIO's admin API, which this S3 server (moto) lacks: a clear error, exit 1."""
+    command = argv(services["minio-setup"])
+    assert command == ["encodeq", "minio-setup"]
+    keys = {
+        "ENCODEQ_WORKER_S3_ACCESS_KEY": "encodeq-worker",
+        "ENCODEQ_WORKER_S3_SECRET_KEY": secrets.token_hex(16),
+        "ENCODEQ_DASHBOARD_S3_ACCESS_KEY": "encodeq-dashboard",
+        "ENCODEQ_DASHBOARD_S3_SECRET_KEY": secrets.token_hex(16),
+    }
+    prefix = f"setup{secrets.token_hex(3)}-"
+    result = encodeq(*command[1:], env={**keys, "ENCODEQ_BUCKET_PREFIX": prefix}, timeout=120)
+    assert result.returncode == 1, (result.stdout, result.stderr[-2000:])
+    assert "admin API" in result.stderr and "Traceback" not in result.stderr
+    settings = Settings(bucket_prefix=prefix)
+    client = Minio(
+        urlsplit(settings.s3_endpoint).netloc,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        secure=False,
+        region=settings.s3_region,
+    )
+    assert all(client.bucket_exists(settings.bucket(b)) for b in s3_users.BUCKETS)
+    missing = encodeq(*command[1:], env={"ENCODEQ_BUCKET_PREFIX": prefix}, timeout=60)
+    assert missing.returncode == 1 and "ENCODEQ_WORKER_S3" in missing.stderr
+
+
+class PolicyServer:
+    """A moto S3+IAM server that enforces IAM policies once set up: each project role is an IAM
+    user with its policy from encodeq/s3_users.py attached, and S3 requests signed with its key
+    are allowed or denied by those documents (AWS's policy language, which MinIO's is a subset of).
+    """
+
+    #: Requests ``setup`` makes before enforcement starts (moto's INITIAL_NO_AUTH_ACTION_COUNT):
+    #: 5 buckets, 5 seed objects, per role user + policy + attach + key (8), the HeadBucket policy
+    #: and its two attachments (3).
+    SETUP_REQUESTS = 21
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self.SETUP_REQUESTS)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.keys: dict[str, tuple[str, str]] = {}
+
+    def wait(self) -> None:
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                return self.proc.poll() is not None
+            return True
+
+        wait_for(listening, 30, "the policy server")
+        assert self.proc.poll() is None
+
+    def setup(self, settings: Settings) -> None:
+        import boto3
+
+        kw = {
+            "endpoint_url": self.endpoint,
+            "region_name": "us-east-1",
+            "aws_access_key_id": "setup",
+            "aws_secret_access_key": "setup",
+        }
+        s3, iam = boto3.client("s3", **kw), boto3.client("iam", **kw)
+        for logical in s3_users.BUCKETS:
+            s3.create_bucket(Bucket=settings.bucket(logical))
+            s3.put_object(Bucket=settings.bucket(logical), Key=SEED[logical], Body=b"seed")
+        # moto names HeadBucket an action of its own; AWS and MinIO authorize it by ListBucket.
+        quirk = iam.create_policy(
+            PolicyName="moto-head-bucket",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "s3:HeadBucket", "Resource": "*"}],
+                }
+            ),
+        )["Policy"]["Arn"]
+        for role, build in s3_users.POLICIES.items():
+            iam.create_user(UserName=role)
+            arn = iam.create_policy(PolicyName=role, PolicyDocument=json.dumps(build(settings)))
+            iam.attach_user_policy(UserName=role, PolicyArn=arn["Policy"]["Arn"])
+            iam.attach_user_policy(UserName=role, PolicyArn=quirk)
+            key = iam.create_access_key(UserName=role)["AccessKey"]
+            self.keys[role] = (key["AccessKeyId"], key["SecretAccessKey"])
+
+    def client(self, role: str | None) -> Any:
+        access, secret = self.keys[role] if role else ("nobody", "nobody-secret")
+        return Minio(
+            f"127.0.0.1:{self.port}",
+            access_key=access,
+            secret_key=secret,
+            secure=False,
+            region="us-east-1",
+        )
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+#: An object that exists in each bucket before the roles try anything.
+SEED = {
+    UPLOADS: "j1/source.mp4",
+    JOBS: "j1/job.json",
+    RENDITIONS: "j1/720p/index.m3u8",
+    FAILURES: "task.json",
+    AUDIT: "20260101T000000.000000-00000000.json",
+}
+
+#: (role, action, bucket, key) -> allowed? What each role must and must not be able to do.
+ACCESS = [
+    # workers: read sources, write their chunks beside them, write outputs, never the audit trail
+    (s3_users.WORKER, "get", UPLOADS, SEED[UPLOADS], True),
+    (s3_users.WORKER, "put", UPLOADS, "j1/source.mp4", False),
+    (s3_users.WORKER, "put", UPLOADS, "j2/source.mkv", False),
+    (s3_users.WORKER, "delete", UPLOADS, SEED[UPLOADS], False),
+    (s3_users.WORKER, "put", UPLOADS, "j1/chunks/src/00000.mp4", True),
+    (s3_users.WORKER, "get", UPLOADS, "j1/chunks/src/00000.mp4", True),
+    (s3_users.WORKER, "delete", UPLOADS, "j1/chunks/src/00000.mp4", True),
+    (s3_users.WORKER, "list", UPLOADS, "", True),  # moto mis-signs a prefix with a slash
+    (s3_users.WORKER, "put", RENDITIONS, "j1/720p/seg_00000.ts", True),
+    (s3_users.WORKER, "get", RENDITIONS, SEED[RENDITIONS], True),
+    (s3_users.WORKER, "put", JOBS, "j1/job.json", True),
+    (s3_users.WORKER, "get", JOBS, SEED[JOBS], True),
+    (s3_users.WORKER, "put", FAILURES, "task-2.json", True),
+    (s3_users.WORKER, "put", AUDIT, "20260101T000001.000000-11111111.json", False),
+    (s3_users.WORKER, "put", AUDIT, SEED[AUDIT], False),
+    (s3_users.WORKER, "delete", AUDIT, SEED[AUDIT], False),
+    (s3_users.WORKER, "get", AUDIT, SEED[AUDIT], False),
+    (s3_users.WORKER, "list", AUDIT, "", False),
+    (s3_users.WORKER, "make_bucket", "elsewhere", "", False),
+    # the dashboard: write uploads and jobs, read the rest, append to the audit trail
+    (s3_users.DASHBOARD, "put", UPLOADS, "j3/source.mp4", True),
+    (s3_users.DASHBOARD, "put", JOBS, "j3/job.json", True),
+    # (a presigned playback URL carries exactly this permission of its signer; moto cannot
+    # evaluate presigned requests under IAM enforcement, so the plain GET stands for it)
+    (s3_users.DASHBOARD, "get", RENDITIONS, SEED[RENDITIONS], True),
+    (s3_users.DASHBOARD, "put", RENDITIONS, "j1/720p/index.m3u8", False),
+    (s3_users.DASHBOARD, "get", FAILURES, SEED[FAILURES], True),
+    (s3_users.DASHBOARD, "put", FAILURES, "forged.json", False),
+    (s3_users.DASHBOARD, "put", AUDIT, "20260101T000002.000000-22222222.json", True),
+    (s3_users.DASHBOARD, "get", AUDIT, SEED[AUDIT], True),
+    (s3_users.DASHBOARD, "list", AUDIT, "", True),
+    (s3_users.DASHBOARD, "delete", AUDIT, SEED[AUDIT], False),
+    (s3_users.DASHBOARD, "make_bucket", "elsewhere", "", False),
+]
+
+
+@pytest.fixture(scope="module")
+def policy_server() -> Iterator[PolicyServer]:
+    server = PolicyServer()
+    try:
+        server.wait()
+        server.setup(Settings(bucket_prefix=""))
+        yield server
+    finally:
+        server.stop()
+
+
+def attempt(client: Any, action: str, bucket: str, key: str) -> bool:
+    """Whether the S3 server let ``client`` do it (AccessDenied: False)."""
+    try:
+        if action == "get":
+            client.get_object(bucket, key).read()
+        elif action == "put":
+            client.put_object(bucket, key, io.BytesIO(b"data"), 4)
+        elif action == "delete":
+            client.remove_object(bucket, key)
+        elif action == "list":
+            list(client.list_objects(bucket, key, recursive=True))
+        elif action == "make_bucket":
+            client.make_bucket(bucket)
+        else:  # pragma: no cover
+            raise AssertionError(action)
+    except S3Error as exc:
+        if exc.code == "AccessDenied":
+            return False
+        raise
+    return True
+
+
+def test_each_role_can_do_exactly_what_its_policy_says(policy_server: PolicyServer) -> None:
+    # Enforcement is on (a miscounted setup would leave it off and allow everything)...
+    with pytest.raises(S3Error, match=r"InvalidAccessKeyId"):
+        attempt(policy_server.client(None), "get", UPLOADS, SEED[UPLOADS])
+    wrong = []
+    for role, action, logical, key, allowed in ACCESS:
+        bucket = Settings(bucket_prefix="").bucket(logical) if logical in SEED else logical
+        if attempt(policy_server.client(role), action, bucket, key) != allowed:
+            wrong.append((role, action, logical, key, "allowed" if allowed else "denied"))
+    assert not wrong, wrong
+
+
+def test_policies_name_every_bucket_with_the_prefix() -> None:
+    """A bucket prefix (ENCODEQ_BUCKET_PREFIX) is honoured: every resource is one of ours."""
+    prefix = "tenant7-"
+    settings = Settings(bucket_prefix=prefix)
+    ours = {settings.bucket(b) for b in s3_users.BUCKETS}
+    for role, build in s3_users.POLICIES.items():
+        for statement in build(settings)["Statement"]:
+            for resource in statement["Resource"]:
+                bucket = resource.removeprefix("arn:aws:s3:::").split("/", 1)[0]
+                assert bucket in ours, (role, resource)

@@ -4,6 +4,11 @@ A person's path through the page: upload through the file field, watch the bars 
 complete, play the result (HLS through presigned URLs); upload a broken file, find it in the DLQ
 panel, fix its source in S3, press replay, see the job complete. Every wait is on a condition in
 the page (Playwright's selectors and functions), never on a clock.
+
+The page is opened as a person does: through the ``#token=`` link ``encodeq serve`` prints (it
+generated the token: none is set). The token must leave the address bar for sessionStorage, never
+reach localStorage, and the page must run under its own Content-Security-Policy without a single
+violation (a blocked script, style or segment fetch would show up as one).
 ENCODEQ_README_SCREENSHOT=1 refreshes the README's docs/dashboard.png from the mid-encode shot.
 """
 
@@ -24,7 +29,6 @@ from encodeq.storage import RENDITIONS, UPLOADS, parse_uri
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]  # fmt: skip
-TOKEN = "browser-token-" + os.urandom(4).hex()
 README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "dashboard.png"
 JOB_S = 120_000  # milliseconds a job may take, at most, in Playwright's units
 
@@ -59,7 +63,8 @@ def fleet() -> Iterator[WorkerFleet]:
 @pytest.fixture(scope="module")
 def server(fleet: WorkerFleet) -> Iterator[Any]:
     open_cors(RENDITIONS)  # what MinIO does by default: the player fetches segments cross-origin
-    server = start_server(env={"ENCODEQ_API_TOKEN": TOKEN})
+    server = start_server(env={"ENCODEQ_API_TOKEN": ""})
+    assert server.link, server.output()
     yield server
     server.stop()
 
@@ -72,15 +77,28 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
+def watch_errors(page: Any) -> list[str]:
+    """Script errors and Content-Security-Policy violations the page runs into."""
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    return errors
+
+
 @pytest.fixture
 def page(browser: Any, server: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 720})
     page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server.base)
+    errors = watch_errors(page)
+    page.goto(server.link)
     page.wait_for_selector("body[data-ready=true]")
-    page.fill("#token", TOKEN)
+    # The token left the address bar (and the history entry) for this tab's sessionStorage.
+    assert "token" not in page.url and page.url.rstrip("/") == server.base
+    stored = page.evaluate("() => [sessionStorage.getItem('encodeq-token'), localStorage.length]")
+    assert stored == [server.token, 0]
     page.evaluate(RECORD_PROGRESS)
     yield page
     context.close()
@@ -126,8 +144,8 @@ def test_upload_watch_progress_and_play(page: Any, media_dir: Path) -> None:
         " return v.readyState >= 2 && v.currentTime > 0.5; }",
         timeout=60_000,
     )
-    src = page.eval_on_selector("#video", "v => v.currentSrc")
-    assert src.endswith(f"/api/jobs/{job_id}/hls/master.m3u8")
+    src = urlsplit(page.eval_on_selector("#video", "v => v.currentSrc"))
+    assert src.path == f"/api/jobs/{job_id}/hls/master.m3u8" and "ticket=" in src.query
     s3 = urlsplit(os.environ["ENCODEQ_S3_ENDPOINT"]).netloc
     signed = [u for u in segment_requests if urlsplit(u).netloc == s3 and "X-Amz-Signature" in u]
     assert signed, segment_requests  # segments came from S3, through presigned URLs
@@ -154,3 +172,28 @@ def test_broken_upload_lands_in_the_dlq_and_replays_after_the_fix(
     page.wait_for_selector(f'tr[data-job-id="{job_id}"][data-state="completed"]', timeout=JOB_S)
     page.wait_for_selector(dead, state="detached", timeout=30_000)
     assert "replayed" in page.inner_text("#dlq-note")
+
+
+def test_without_the_token_the_page_asks_for_it(browser: Any, server: Any) -> None:
+    """Opened without the link: nothing loads but the prompt; a wrong token is refused; the right
+    one, typed in, brings the page up."""
+    context = browser.new_context()
+    page = context.new_page()
+    errors = watch_errors(page)
+    try:
+        page.goto(server.base)
+        page.wait_for_selector("#token-row:not([hidden])")
+        assert page.get_attribute("body", "data-ready") is None
+        page.fill("#token", "not-the-token")
+        with page.expect_navigation():
+            page.click("#token-form button[type=submit]")
+        page.wait_for_selector("#token-row:not([hidden])")
+        assert "refused" in page.inner_text("#token-note")
+        page.fill("#token", server.token)
+        with page.expect_navigation():
+            page.click("#token-form button[type=submit]")
+        page.wait_for_selector("body[data-ready=true]")
+        page.wait_for_selector('#live[data-live="true"]')  # the event stream, through a ticket
+    finally:
+        context.close()
+    assert not errors, errors

@@ -14,6 +14,10 @@ put a CORS rule on the renditions bucket), and the presigned host must be one th
 Nothing here lets a client name an object: every key is resolved from the job's manifest and must
 stay under the job's own prefix. The rewritten playlists carry expiring URLs, so they are served
 with ``Cache-Control: no-store`` and fetched again on the next play.
+
+A ``<video>`` element cannot send the API's bearer token, so our own playlist URLs carry a ticket
+(``?ticket=...``, see uploader/web/security.py) when a ``ticket`` function is given: valid for this
+one job's playlists and as long as its presigned segment URLs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import posixpath
 import re
 from collections.abc import Callable
 from datetime import timedelta
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from encodeq.manifest import JobStore, Manifest, is_job_id
 from encodeq.storage import RENDITIONS, Storage, parse_uri
@@ -73,19 +77,33 @@ def rewrite(text: str, replace: Callable[[str], str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: ``ticket(job_id, valid_for)``: a ticket for that job's playlists (see the module doc).
+TicketFactory = Callable[[str, timedelta], str]
+
+
 class Playback:
     """Rewritten playlists of completed jobs."""
 
-    def __init__(self, storage: Storage, api_prefix: str = "/api/jobs") -> None:
+    def __init__(
+        self, storage: Storage, api_prefix: str = "/api/jobs", ticket: TicketFactory | None = None
+    ) -> None:
         self.storage = storage
         self.jobs = JobStore(storage)
         self.api_prefix = api_prefix
+        self.ticket = ticket
 
-    def media_url(self, job_id: str, rendition: str) -> str:
-        return f"{self.api_prefix}/{job_id}/hls/{quote(rendition)}/index.m3u8"
+    def _url(self, job_id: str, path: str, duration_s: float | None) -> str:
+        if self.ticket is None:
+            return path
+        ticket = self.ticket(job_id, segment_expiry(duration_s))
+        return f"{path}?{urlencode({'ticket': ticket})}"
 
-    def master_url(self, job_id: str) -> str:
-        return f"{self.api_prefix}/{job_id}/hls/master.m3u8"
+    def media_url(self, job_id: str, rendition: str, duration_s: float | None = None) -> str:
+        path = f"{self.api_prefix}/{job_id}/hls/{quote(rendition)}/index.m3u8"
+        return self._url(job_id, path, duration_s)
+
+    def master_url(self, job_id: str, duration_s: float | None = None) -> str:
+        return self._url(job_id, f"{self.api_prefix}/{job_id}/hls/master.m3u8", duration_s)
 
     def _completed(self, job_id: str) -> Manifest:
         manifest = self.jobs.load(job_id) if is_job_id(job_id) else None
@@ -120,7 +138,7 @@ class Playback:
             name = by_key.get(resolve(key, uri, f"{job_id}/"))
             if name is None:
                 raise PlaybackError(500, "bad_playlist", f"master names no rendition: {uri!r}")
-            return self.media_url(job_id, name)
+            return self.media_url(job_id, name, manifest.source.duration)
 
         return rewrite(text, variant)
 

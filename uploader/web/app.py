@@ -1,8 +1,12 @@
 """The HTTP API and live dashboard of ``encodeq serve`` (FastAPI).
 
 JSON only on the wire, errors included: ``{"error": {"code": ..., "message": ...}}`` with a stable
-code. Reads are open; the mutating endpoints (upload, replay, purge) need ``Authorization: Bearer
-<ENCODEQ_API_TOKEN>`` when a token is set (server.py refuses a non-loopback address without one).
+code (one exception: a ``Host`` header outside the trusted list gets Starlette's plain-text 400).
+Every ``/api/*`` route except ``/api/health`` needs the token (``Authorization: Bearer <token>``,
+or a ticket where a browser cannot send a header); there is always a token: server.py generates
+one when ``ENCODEQ_API_TOKEN`` is unset. The guards (token, trusted hosts, cross-site refusal,
+security headers) are in security.py; the page itself (``/``, ``/static``) loads without a token
+and asks for it.
 
 A file that is not a video is accepted like any other upload (202): whether bytes are a video is
 ffprobe's call on a worker, under its limits, not the web server's; the job then fails with the
@@ -16,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 
@@ -36,9 +40,9 @@ from encodeq.manifest import JobStore, Manifest, is_job_id
 from encodeq.monitor import WATCHED_QUEUES
 from encodeq.storage import Storage
 from uploader.playback import MPEGURL, Playback, PlaybackError
-from uploader.web import dlq
+from uploader.web import dlq, security
 from uploader.web.hub import EventHub
-from uploader.web.intake import UploadError, drain, receive, remove, submit_received
+from uploader.web.intake import UploadError, receive, remove, submit_received
 
 #: A quiet SSE stream sends a comment this often, so proxies and clients know it is alive.
 KEEPALIVE_S = 15.0
@@ -71,13 +75,27 @@ HTTP_CODES = {
 }
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app; ``app.state.should_exit`` (set by server.py) ends SSE streams on shutdown."""
+def create_app(
+    settings: Settings | None = None, token: str | None = None, bind_host: str | None = None
+) -> FastAPI:
+    """The app; ``app.state.should_exit`` (set by server.py) ends SSE streams on shutdown.
+
+    ``token``: the one every API call needs (default: ``ENCODEQ_API_TOKEN``, else a random one,
+    in ``app.state.token``: never an app without one). ``bind_host`` joins the trusted hosts.
+    """
     settings = settings or get_settings()
+    token = token or settings.api_token or security.generate_token()
+    tickets = security.Tickets(token)
     storage = Storage(settings)
     jobs = JobStore(storage)
-    playback = Playback(storage)
+
+    def play_ticket(job_id: str, valid_for: timedelta) -> str:
+        return tickets.issue(f"play:{job_id}", valid_for.total_seconds())
+
+    playback = Playback(storage, ticket=play_ticket)
     hub = EventHub(settings.broker_url, JobStore(Storage(settings)))
+    media = [security.origin_of(settings.s3_public_endpoint or settings.s3_endpoint)]
+    headers = security.security_headers(media)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,10 +105,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await run_in_threadpool(hub.stop)
 
-    app = FastAPI(title="encodeq", lifespan=lifespan, docs_url="/api/docs", redoc_url=None,
-                  openapi_url="/api/openapi.json")  # fmt: skip
+    # No /docs page: FastAPI's loads Swagger UI from a CDN, which the page origin never runs.
+    app = FastAPI(
+        title="encodeq",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
     app.state.hub = hub
+    app.state.token = token
     app.state.should_exit = lambda: False
+    hosts = security.allowed_hosts(bind_host, settings.allowed_hosts)
+    security.install(app, token, tickets, hosts, headers)
 
     # --- errors: JSON, always ---------------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -111,18 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
-        return error(500, "internal_error", f"{type(exc).__name__}: {exc}")
-
-    def require_token(request: Request) -> None:
-        """Mutating endpoints: the bearer token, compared in constant time, when one is set."""
-        if not settings.api_token:
-            return
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            value.strip().encode(), settings.api_token.encode()
-        ):
-            raise ApiError(401, "unauthorized", "missing or wrong bearer token",
-                           {"WWW-Authenticate": 'Bearer realm="encodeq"'})  # fmt: skip
+        # Sent from Starlette's outermost layer, past SecurityHeaders: add them here.
+        return error(500, "internal_error", f"{type(exc).__name__}: {exc}", headers)
 
     # --- pages ----------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -138,21 +155,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/api/config")
     async def config() -> dict[str, Any]:
         """What the page needs to know before it uploads."""
-        return {
-            "max_upload_bytes": settings.max_upload_bytes,
-            "token_required": bool(settings.api_token),
-            "queues": list(WATCHED_QUEUES),
-        }
+        return {"max_upload_bytes": settings.max_upload_bytes, "queues": list(WATCHED_QUEUES)}
+
+    @app.post("/api/tickets/events")
+    async def events_ticket() -> dict[str, Any]:
+        """A short-lived ticket for ``GET /api/events?ticket=...``: EventSource sends no header."""
+        ticket = tickets.issue("events", security.EVENTS_TICKET_S)
+        return {"ticket": ticket, "expires_in": security.EVENTS_TICKET_S}
 
     # --- uploads --------------------------------------------------------------------------------
     @app.post("/api/uploads", status_code=202)
     async def upload(request: Request) -> JSONResponse:
         """multipart/form-data with one file in field ``file``; 202 with the queued job."""
-        try:
-            require_token(request)
-        except ApiError:
-            await drain(request.stream())
-            raise
         try:
             received = await receive(
                 request.headers.get("content-type"),
@@ -169,9 +183,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             remove(received)
         return JSONResponse(
-            {**job_json(manifest), "links": links(manifest.job_id)}, status_code=202,
+            {**job_json(manifest), "links": links(manifest)},
+            status_code=202,
             headers={"Location": f"/api/jobs/{manifest.job_id}"},
-        )  # fmt: skip
+        )
 
     # --- jobs -----------------------------------------------------------------------------------
     def job_json(manifest: Manifest) -> dict[str, Any]:
@@ -186,8 +201,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     r["fps"], r["speed"] = view.fps, view.speed
         return doc
 
-    def links(job_id: str) -> dict[str, str]:
-        return {"job": f"/api/jobs/{job_id}", "master_playlist": playback.master_url(job_id)}
+    def links(manifest: Manifest) -> dict[str, str]:
+        """The job's URLs; the playlist's carries a playback ticket, so a ``<video>`` plays it."""
+        job_id = manifest.job_id
+        master = playback.master_url(job_id, manifest.source.duration)
+        return {"job": f"/api/jobs/{job_id}", "master_playlist": master}
 
     def load_job(job_id: str) -> Manifest:
         if not is_job_id(job_id):
@@ -212,7 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/api/jobs/{job_id}")
     def get_job(job_id: str) -> dict[str, Any]:
         manifest = load_job(job_id)
-        return {**job_json(manifest), "links": links(job_id)}
+        return {**job_json(manifest), "links": links(manifest)}
 
     # --- playback -------------------------------------------------------------------------------
     def playlist(make: Callable[[], str]) -> Response:
@@ -292,8 +310,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return dead_letter(lambda: dlq.show(storage, message_id), message_id)
 
     @app.post("/api/dlq/{message_id}/replay")
-    def dlq_replay(message_id: str, request: Request) -> JSONResponse:
-        require_token(request)
+    def dlq_replay(message_id: str) -> JSONResponse:
         doc = dead_letter(lambda: dlq.replay(storage, settings, message_id), message_id)
         if not doc["moved"]:
             why = "; ".join(f["why"] for f in doc["failed"]) or "nothing was replayed"
@@ -301,8 +318,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(doc)
 
     @app.post("/api/dlq/{message_id}/purge")
-    def dlq_purge(message_id: str, request: Request) -> dict[str, Any]:
-        require_token(request)
+    def dlq_purge(message_id: str) -> dict[str, Any]:
         return dead_letter(lambda: dlq.purge(storage, settings, message_id), message_id)
 
     return app

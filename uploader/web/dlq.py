@@ -9,7 +9,7 @@ message unacked while it looks, so a replay running at the same time would not s
 
 from __future__ import annotations
 
-import tempfile
+import os
 import threading
 from collections import Counter
 from datetime import UTC, datetime
@@ -39,11 +39,20 @@ class DeadLetterNotFound(Exception):
     """No message with that id is in the DLQ (replayed or purged since it was listed?)."""
 
 
+#: The private subfolder purges export to (message bodies and headers: private data).
+EXPORT_FOLDER = "dlq-exports"
+
+
 def export_dir(settings: Settings) -> Path:
-    """Where a purge writes its export before anything is removed."""
-    folder = Path(settings.work_dir or tempfile.gettempdir()) / "encodeq-dlq-exports"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    """Where a purge writes its export before anything is removed: the per-user private folder
+    (0700), never a shared temp folder."""
+    return settings.private_dir(EXPORT_FOLDER)
+
+
+def private_file(path: Path) -> Path:
+    """Create ``path`` empty, 0600 and exclusively; a writer opening it later keeps the mode."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    return path
 
 
 def list_messages(storage: Storage) -> list[dict[str, Any]]:
@@ -108,7 +117,8 @@ def purge(storage: Storage, settings: Settings, message_id: str) -> dict[str, An
         if not picked:
             raise DeadLetterNotFound(message_id)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        writer = ExportWriter(export_dir(settings) / f"dlq-purge-{stamp}-{message_id}.jsonl")
+        name = f"dlq-purge-{stamp}-{message_id}.jsonl"
+        writer = ExportWriter(private_file(export_dir(settings) / name))
         try:
             outcome = purge_messages(
                 conn, DEAD_LETTER_QUEUE_NAME, Counter(m.id for m in picked), writer

@@ -1,17 +1,18 @@
 """Receiving an upload over HTTP without holding it in memory, then submitting it as a job.
 
 The multipart body is parsed as it streams in (python-multipart's push parser); the file part goes
-chunk by chunk to a temporary file with a name we chose, and the size limit is enforced while it
-streams: the first byte over ``max_upload_bytes`` ends the upload with 413, and nothing is stored.
-The temporary file then goes to S3 as a multipart upload (the same code path as ``encodeq
-upload``) and is deleted. The browser's file name is data only, exactly as in uploader/submit.py.
+chunk by chunk to a temporary file with a name we chose, in the per-user private folder (0700,
+``Settings.private_dir``), created 0600 and exclusively (never an existing file or link someone
+planted), and the size limit is enforced while it streams: the first byte over
+``max_upload_bytes`` ends the upload with 413, and nothing is stored. The temporary file then goes
+to S3 as a multipart upload (the same code path as ``encodeq upload``) and is deleted. The
+browser's file name is data only, exactly as in uploader/submit.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ ENVELOPE_BYTES = 64 * 1024
 #: gets to read the error instead of a reset connection; a larger body is cut off.
 DRAIN_BYTES = 64 * 1024 * 1024
 MAX_FILENAME = 255
+#: The private subfolder uploads stream into before they go to S3.
+UPLOAD_FOLDER = "http-uploads"
 
 
 class UploadError(Exception):
@@ -122,7 +125,8 @@ class _FileReceiver:
             if self.files > 1:
                 raise UploadError(400, "too_many_files", "send one file per upload")
             self.filename = clean_filename(options[b"filename"])
-            self._file = self.path.open("wb")
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            self._file = os.fdopen(fd, "wb")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._file is None or self.too_large:
@@ -166,7 +170,7 @@ async def receive(
         if declared <= DRAIN_BYTES:
             await drain(chunks)
         raise UploadError(413, "too_large", _too_large(limit))
-    folder = Path(settings.work_dir or tempfile.gettempdir())
+    folder = settings.private_dir(UPLOAD_FOLDER)
     receiver = _FileReceiver(folder, limit)
     parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
     try:

@@ -1,17 +1,25 @@
-"""Running the HTTP service: uvicorn, bound to loopback unless a token protects it.
+"""Running the HTTP service: uvicorn, always behind a token, never with a well-known secret.
 
-Without ``ENCODEQ_API_TOKEN`` anyone who can reach the port could upload, replay and purge, so a
-non-loopback address without a token is refused before anything listens.
+There is always a token, on loopback too: any page the browser opens can send requests to
+127.0.0.1, and any local user can connect to it. Without ``ENCODEQ_API_TOKEN`` one is generated at
+start and a ready link is printed (``http://HOST:PORT/#token=...``, the way Jupyter does it): the
+page reads the token from the fragment, which browsers never send to a server, keeps it in
+sessionStorage and removes it from the address bar. A well-known secret (the old compose token,
+MinIO's or RabbitMQ's defaults) off loopback stops the server before it listens
+(config/exposure.py).
 """
 
 from __future__ import annotations
 
-import ipaddress
+import sys
+from typing import TextIO
 
 import uvicorn
 
+from config.exposure import WILDCARDS, DefaultSecretError, check_default_secrets
 from config.settings import Settings, get_settings
 from uploader.web.app import create_app
+from uploader.web.security import generate_token
 
 #: Seconds uvicorn lets open requests finish on shutdown (SSE streams end by themselves).
 GRACEFUL_SHUTDOWN_S = 5
@@ -21,30 +29,37 @@ class ServeError(Exception):
     """The server cannot start as asked; the message says why and what to do."""
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name other than localhost: it may resolve to anything
-        return False
+def link(host: str, port: int, token: str | None) -> str:
+    """The URL to open: a wildcard bind is reached on 127.0.0.1; the token rides in the fragment."""
+    shown = "127.0.0.1" if host.strip("[]") in WILDCARDS else host
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    base = f"http://{shown}:{port}/"
+    return f"{base}#token={token}" if token else base
 
 
-def check_bind(host: str, settings: Settings) -> None:
-    if not is_loopback(host) and not settings.api_token:
-        raise ServeError(
-            f"refusing to listen on {host}: it is not a loopback address and ENCODEQ_API_TOKEN is"
-            " not set, so anyone who can reach it could upload, replay and purge. Set"
-            " ENCODEQ_API_TOKEN (mutating requests then need 'Authorization: Bearer <token>') or"
-            " bind 127.0.0.1."
-        )
-
-
-def serve(host: str, port: int, settings: Settings | None = None) -> None:
+def serve(
+    host: str, port: int, settings: Settings | None = None, out: TextIO | None = None
+) -> None:
     """Serve until SIGINT/SIGTERM."""
     settings = settings or get_settings()
-    check_bind(host, settings)
-    app = create_app(settings)
+    out = out or sys.stdout
+    try:
+        check_default_secrets(settings, bind_host=host)
+    except DefaultSecretError as exc:
+        raise ServeError(str(exc)) from None
+    generated = not settings.api_token
+    token = settings.api_token or generate_token()
+    app = create_app(settings, token=token, bind_host=host)
+    if generated:
+        out.write(
+            "encodeq serve: no ENCODEQ_API_TOKEN set, so this run generated one. Open the"
+            f" dashboard with it:\n\n    {link(host, port, token)}\n\n"
+        )
+    else:
+        where = link(host, port, None)
+        out.write(f"encodeq serve: dashboard at {where} (it asks for ENCODEQ_API_TOKEN)\n")
+    out.flush()
     server = uvicorn.Server(
         uvicorn.Config(
             app,

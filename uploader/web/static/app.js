@@ -1,14 +1,21 @@
 // encodeq dashboard: uploads, live jobs (server-sent events), queues, workers, DLQ, playback.
 // Manifests (GET /api/jobs) are the truth; events only move things along between two reads.
+// Every API call carries the token (Authorization: Bearer). It arrives once in the link that
+// `encodeq serve` prints (http://HOST:PORT/#token=...: a fragment never reaches a server), is kept
+// in sessionStorage (this tab only, gone when it closes) and removed from the address bar. The two
+// requests that cannot carry a header get tickets: the event stream (POST /api/tickets/events) and
+// the <video> element (the job's links.master_playlist).
 "use strict";
 
 const QUEUE_COLOURS = { "encodeq.control": "#0891b2", "encodeq.encode": "#2563eb", "encodeq.dlq": "#dc2626" };
 const JOBS_EVERY_MS = 5000;
 const DLQ_EVERY_MS = 4000;
 const HISTORY = 180;
+const TOKEN_KEY = "encodeq-token";
+const RECONNECT_MS = 2000;
 
 const state = {
-  config: { max_upload_bytes: Infinity, token_required: false, queues: [] },
+  config: { max_upload_bytes: Infinity, queues: [] },
   jobs: new Map(), // job_id -> manifest (with live progress folded in)
   history: [], // queue depth samples
   chunks: new Map(), // job_id -> Map(chunk index -> {state, worker, straggler}), chunked mode
@@ -22,14 +29,27 @@ function el(tag, attrs = {}, ...children) {
     if (value === null || value === undefined) continue;
     if (key === "class") node.className = value;
     else if (key === "text") node.textContent = value;
+    else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the CSP, unlike markup
     else node.setAttribute(key, value);
   }
   for (const child of children) node.append(child);
   return node;
 }
 
+// --- the token --------------------------------------------------------------------------------
+function takeTokenFromUrl() {
+  const params = new URLSearchParams(window.location.hash.slice(1));
+  const t = params.get("token");
+  if (!t) return;
+  sessionStorage.setItem(TOKEN_KEY, t);
+  params.delete("token");
+  const rest = params.toString();
+  // Out of the address bar, the history and any screenshot of it.
+  history.replaceState(null, "", window.location.pathname + window.location.search + (rest ? `#${rest}` : ""));
+}
+
 function token() {
-  return $("#token").value.trim();
+  return sessionStorage.getItem(TOKEN_KEY) || "";
 }
 
 function authHeaders() {
@@ -37,8 +57,28 @@ function authHeaders() {
   return t ? { Authorization: `Bearer ${t}` } : {};
 }
 
+function askForToken(message) {
+  $("#token-row").hidden = false;
+  $("#token-note").textContent = message;
+  $("#token").focus();
+}
+
+function setupToken() {
+  $("#token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const t = $("#token").value.trim();
+    if (!t) return;
+    sessionStorage.setItem(TOKEN_KEY, t);
+    window.location.reload();
+  });
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  if (response.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    askForToken("The server refused the token: enter the one `encodeq serve` printed.");
+  }
   let body = null;
   try {
     body = await response.json();
@@ -80,6 +120,7 @@ function uploadFile(file) {
       mergeJob(body);
       renderJobs();
     } else {
+      if (xhr.status === 401) askForToken("The server refused the token.");
       const err = (body && body.error) || { message: `HTTP ${xhr.status}` };
       status.textContent = `refused: ${err.message}`;
       status.classList.add("error");
@@ -106,9 +147,6 @@ function setupUpload() {
     drop.classList.remove("over");
     for (const file of e.dataTransfer.files) uploadFile(file);
   });
-  const saved = localStorage.getItem("encodeq-token");
-  if (saved) $("#token").value = saved;
-  $("#token").addEventListener("change", () => localStorage.setItem("encodeq-token", token()));
 }
 
 // --- jobs -------------------------------------------------------------------------------------
@@ -245,7 +283,7 @@ function applyEvent(event) {
 }
 
 // --- playback ---------------------------------------------------------------------------------
-function playJob(job) {
+async function playJob(job) {
   const video = $("#video");
   $("#player").hidden = false;
   $("#player-title").textContent = `${job.source.filename} (${job.job_id.slice(0, 12)})`;
@@ -256,7 +294,14 @@ function playJob(job) {
   } else {
     $("#player-note").textContent = "Segments come straight from object storage through presigned URLs.";
   }
-  video.src = `/api/jobs/${job.job_id}/hls/master.m3u8`;
+  try {
+    // The master playlist URL carries a playback ticket: a <video> sends no Authorization header.
+    const fresh = await api(`/api/jobs/${job.job_id}`);
+    video.src = fresh.links.master_playlist;
+  } catch (e) {
+    $("#player-note").textContent = `cannot play: ${e.message}`;
+    return;
+  }
   video.play().catch((e) => { $("#player-note").textContent = `cannot play: ${e.message}`; });
   $("#player").scrollIntoView({ block: "nearest" });
 }
@@ -360,7 +405,7 @@ function dlqRow(m) {
 async function dlqAction(id, action, button) {
   button.disabled = true;
   try {
-    const result = await api(`/api/dlq/${id}/${action}`, { method: "POST", headers: authHeaders() });
+    const result = await api(`/api/dlq/${id}/${action}`, { method: "POST" });
     $("#dlq-note").textContent = action === "replay"
       ? `replayed ${id} -> ${Object.keys(result.targets).join(", ")}`
       : `purged ${id} (exported to ${result.export})`;
@@ -372,11 +417,30 @@ async function dlqAction(id, action, button) {
 }
 
 // --- events -----------------------------------------------------------------------------------
-function connectEvents() {
+let events = null;
+async function connectEvents() {
+  // EventSource sends no headers: a short-lived ticket rides in the URL instead of the token, and
+  // every reconnect asks for a new one (so the browser's own retry, with a stale ticket, is off).
   const live = $("#live");
-  const source = new EventSource("/api/events");
+  if (events) events.close();
+  let ticket;
+  try {
+    ticket = (await api("/api/tickets/events", { method: "POST" })).ticket;
+  } catch (e) {
+    live.dataset.live = "false";
+    live.textContent = "offline";
+    if (e.status !== 401) setTimeout(connectEvents, RECONNECT_MS);
+    return;
+  }
+  const source = new EventSource(`/api/events?ticket=${encodeURIComponent(ticket)}`);
+  events = source;
   source.onopen = () => { live.dataset.live = "true"; live.textContent = "live"; };
-  source.onerror = () => { live.dataset.live = "false"; live.textContent = "reconnecting…"; };
+  source.onerror = () => {
+    live.dataset.live = "false";
+    live.textContent = "reconnecting…";
+    source.close();
+    if (events === source) setTimeout(connectEvents, RECONNECT_MS);
+  };
   source.onmessage = (message) => {
     const event = JSON.parse(message.data);
     if (event.event === "queues") return addSample(event);
@@ -387,13 +451,19 @@ function connectEvents() {
 }
 
 async function start() {
+  takeTokenFromUrl();
+  setupToken();
   setupUpload();
+  if (!token()) {
+    askForToken("Enter the API token, or open the link `encodeq serve` printed.");
+    return;
+  }
   try {
     state.config = await api("/api/config");
   } catch (e) {
     console.warn("config", e);
+    if (e.status === 401) return;
   }
-  $("#token-row").hidden = !state.config.token_required;
   connectEvents();
   try {
     const queues = await api("/api/queues");
