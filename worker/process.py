@@ -2,7 +2,10 @@
 
 argv lists only (no shell), its own process group (killed whole on timeout, cancel or a Celery soft
 time limit), stderr drained on a thread into a bounded tail (a chatty ffmpeg cannot block on a full
-pipe), and ``-progress pipe:1`` blocks parsed from stdout as they arrive.
+pipe), and ``-progress pipe:1`` blocks parsed from stdout as they arrive. Every program runs under
+``bounded_argv``: it dies with the process that started it and within a wall clock of its own, so
+a pool process killed outright (SIGKILL, the OOM killer, Celery's hard time limit) leaves nothing
+running.
 """
 
 from __future__ import annotations
@@ -36,17 +39,45 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+#: The program's own wall clock sits this far above ``run``'s timer, which normally fires first
+#: and says why (``timeout``); the program's own limit is the backstop when Python cannot.
+OWN_LIMIT_MARGIN_S = 5.0
+#: util-linux ``setpriv``: PR_SET_PDEATHSIG, then exec. The kernel sends SIGKILL when the *thread*
+#: that forked it exits; ``run`` is called on the pool process's main thread (billiard runs a
+#: task there), so that is when the pool process dies. Not inherited by fork, kept across exec.
+_DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
+
+
+def bounded_argv(argv: Sequence[str], limit_s: float) -> list[str]:
+    """``argv`` wrapped so it dies with the thread that starts it and after ``limit_s`` seconds of
+    wall clock whatever happens to Python.
+
+    ``setpriv --pdeathsig KILL timeout --signal=KILL LIMIT setpriv --pdeathsig KILL PROGRAM``:
+    coreutils ``timeout`` holds the wall clock (ffmpeg's ``-timelimit`` counts CPU seconds, so a
+    stalled or stopped ffmpeg would never reach it); each of the two gets the parent-death signal
+    (it is not inherited across ``timeout``'s fork): the task's process dies, so ``timeout`` is
+    killed, and its death kills the program. No ``preexec_fn``: running Python between fork and
+    exec is unsafe in a process with threads (segment uploads, stderr drains), and well-kept tools
+    do the same. All stay in the caller's new process group, so ``_kill_group`` still kills all.
+    """
+    clock = ("timeout", "--signal=KILL", f"{limit_s:.3f}")
+    return [*_DIE_WITH_PARENT, *clock, *_DIE_WITH_PARENT, *argv]
+
+
 def run(
     argv: Sequence[str],
     timeout_s: float,
     on_progress: Callable[[dict[str, str]], None] | None = None,
     watch_dir: Path | None = None,
     max_output_bytes: int | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> str:
     """Run ``argv``; return its stdout (when not a progress stream). Raises ProcessFailed on a
-    non-zero exit and EncodeError(``timeout``/``output_too_large``) when a limit stops it."""
+    non-zero exit and EncodeError(``timeout``/``output_too_large``) when a limit stops it.
+    ``on_line``: each stdout line as it arrives, none kept (a long listing is never held whole);
+    whatever it raises stops the program and propagates."""
     proc = subprocess.Popen(
-        list(argv),
+        bounded_argv(argv, timeout_s + OWN_LIMIT_MARGIN_S),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -77,6 +108,9 @@ def run(
     try:
         block: dict[str, str] = {}
         for line in proc.stdout:
+            if on_line is not None:
+                on_line(line)
+                continue
             if on_progress is None:
                 out.append(line)
                 continue
