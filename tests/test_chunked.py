@@ -18,9 +18,12 @@ from rich.console import Console
 from support import (
     WorkerFleet,
     broker,
+    dlq_for,
     download_rendition,
     encodeq,
     jobs,
+    make_clip,
+    make_mid_gop_ts,
     make_video,
     storage,
     upload_and_wait,
@@ -79,6 +82,25 @@ def decoded_video(playlist: Path) -> dict:
 
 def segment_durations(playlist: Path) -> list[str]:
     return [line for line in playlist.read_text().splitlines() if line.startswith("#EXTINF")]
+
+
+def video_times(path: Path) -> list[float]:
+    """Presentation times of a file's (or an HLS rendition's) video packets, sorted, in seconds
+    from the first."""
+    listing = ["-select_streams", "v:0", "-show_entries", "packet=pts_time", "-of", "csv=p=0"]
+    argv = ["ffprobe", "-v", "error", *listing, str(path)]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120)
+    fields = (line.split(",")[0] for line in out.stdout.split())
+    times = sorted(float(t) for t in fields if t not in ("", "N/A"))
+    return [t - times[0] for t in times]
+
+
+def decodable_frames(path: Path) -> int:
+    """Frames a decoder gets out of the video (ffprobe decodes every one)."""
+    count = ["-select_streams", "v:0", "-count_frames", "-show_entries", "stream=nb_read_frames"]
+    argv = ["ffprobe", "-v", "quiet", *count, "-of", "csv=p=0", str(path)]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120)
+    return int(out.stdout.split()[0].split(",")[0])  # MPEG-TS lists it under its program too
 
 
 @pytest.fixture(scope="class")
@@ -162,23 +184,76 @@ class TestChunkedJobs:
         video = decoded_video(download_rendition(r["playlist"], tmp_path))
         assert int(video["nb_read_frames"]) == 175
 
-    def test_an_open_gop_source_is_cut_accurately_where_the_copy_cut_misses(
+    def test_an_open_gop_source_is_cut_accurately_where_the_copy_cut_would_miss(
         self, fleet, media_dir: Path, tmp_path: Path
     ) -> None:
         # Open GOPs: keyframes sit on the grid, but B-frames shown before each keyframe follow it
-        # in decode order, so a stream-copy cut would move them into the next chunk.
+        # in decode order, so a stream-copy cut would move them into the next chunk: the plan
+        # sees it in the packets' order and cuts accurately.
         open_gop = ("-keyint_min", "50", "-sc_threshold", "0", "-bf", "3",
                     "-x264-params", "open-gop=1:b-pyramid=0")  # fmt: skip
         source = make_source(media_dir / "open-gop.mp4", 426, 240, duration=6, x264=open_gop)
         manifest = upload_and_wait(source, options=("--mode", "chunked"))[0]
         assert manifest["state"] == "completed", manifest["error"]
         chunks = manifest["chunks"]
-        assert chunks["split"] == "accurate" and "missed the plan" in chunks["reason"]
+        assert chunks["split"] == "accurate" and "open their GOPs" in chunks["reason"]
         assert chunks["frames"] == [50, 50, 50]
         [r] = manifest["renditions"]
         assert r["seam_check"]["passed"] and r["seam_check"]["frames"] == 150
         video = decoded_video(download_rendition(r["playlist"], tmp_path))
         assert int(video["nb_read_frames"]) == 150
+
+    def test_sources_nobody_tuned_for_complete_with_every_frame(
+        self, fleet, media_dir: Path, tmp_path: Path
+    ) -> None:
+        # Issue 10: frame rates, GOPs and lengths as phones and cameras make them, forced into
+        # chunked mode on real workers. Every job completes and every rendition holds every frame
+        # of its source at its own time; a source no split can meet goes per rung instead.
+        sources = {
+            "29.97 fps, 2 s GOP": make_clip(
+                media_dir / "e2e-2997.mp4", "29.97", 5, "2s", size="640x360", audio=True
+            ),
+            "23.976 fps, scene cuts": make_clip(
+                media_dir / "e2e-23976.mp4", "23.976", 9, "scene-cut", "160x90", 2, audio=True
+            ),
+            "variable frame rate": make_clip(
+                media_dir / "e2e-vfr.mp4", "vfr", 8, "1s", size="160x90", audio=True
+            ),
+            "shorter than a segment": make_clip(
+                media_dir / "e2e-short.mp4", "29.97", 1.5, "2s", size="160x90", audio=True
+            ),
+            "cut mid-GOP": make_mid_gop_ts(media_dir / "e2e-mid-gop.ts"),
+        }
+        manifests = upload_and_wait(*sources.values(), options=("--mode", "chunked"))
+        for (what, source), manifest in zip(sources.items(), manifests, strict=True):
+            assert manifest["state"] == "completed", (what, manifest["error"])
+            frames = decodable_frames(source)
+            if what == "cut mid-GOP":  # the last resort: encoded per rung, not failed
+                assert manifest["mode"] == "per-rung" and manifest["chunks"] is None, what
+            else:
+                assert manifest["mode"] == "chunked", what
+                assert sum(manifest["chunks"]["frames"]) == frames, what
+                if what == "shorter than a segment":
+                    assert manifest["chunks"]["frames"] == [frames]
+            # nothing died on the way (the switched job's chunk tasks finished quietly)
+            assert not dlq_for(job_id=manifest["job_id"]), what
+            expected = video_times(source) if manifest["mode"] == "chunked" else None
+            grids = set()
+            for r in manifest["renditions"]:
+                folder = tmp_path / manifest["job_id"]
+                folder.mkdir(exist_ok=True)
+                playlist = download_rendition(r["playlist"], folder)
+                got = int(decoded_video(playlist)["nb_read_frames"])
+                if expected is None:  # per rung: a constant frame rate from the first timestamp
+                    assert got >= frames, (what, r["name"])  # (it repeats a frame into gaps)
+                    continue
+                assert got == frames, (what, r["name"])
+                assert r["seam_check"]["passed"], (what, r["seam_check"])
+                times = video_times(playlist)
+                worst = max(abs(a - b) for a, b in zip(times, expected, strict=True))
+                assert worst < 0.001, (what, r["name"], worst)
+                grids.add(tuple(segment_durations(playlist)))
+            assert len(grids) <= 1, (what, grids)  # every rung cuts its segments alike
 
     def test_rotated_phone_video_keeps_its_rotation_through_the_chunks(
         self, fleet, media_dir: Path, tmp_path: Path
@@ -342,21 +417,35 @@ def test_a_straggler_is_offered_to_a_second_worker(workers, media_dir: Path) -> 
 
 def test_cut_planning_uses_grid_keyframes_or_refuses_the_copy_split() -> None:
     from config.settings import Settings
-    from worker.chunking import Packets, plan_cuts
+    from worker.chunking import Packets, plan_packets
 
     settings = Settings(segment_seconds=2, chunk_seconds=4)
 
     def packets(keyframes_every: int, frames: int = 250, offset: float = 0.0) -> Packets:
         pts = [offset + i / 25 for i in range(frames)]
-        keys = [i % keyframes_every == 0 for i in range(frames)]
+        keys = [int(i % keyframes_every == 0) for i in range(frames)]
         return Packets(pts, keys, [0.04] * frames)
 
+    def cuts(p: Packets, rate: float = 25.0) -> tuple[list[float], list[int], str | None]:
+        plan = plan_packets(p, rate, settings)
+        return plan.chunks.starts, plan.cut_frames, plan.chunks.reason
+
     # keyframes every 2 s: cut on the grid, at the targets (a short tail joins the last chunk)
-    assert plan_cuts(packets(50), 25.0, 4, settings) == ([0.0, 4.0, 8.0], None)
+    assert cuts(packets(50)) == ([0.0, 4.0, 8.0], [100, 200], None)
     # a start offset (MPEG-TS sources start at 1.4 s) changes nothing: times are from frame one
-    assert plan_cuts(packets(50, offset=1.4), 25.0, 4, settings) == ([0.0, 4.0, 8.0], None)
+    assert cuts(packets(50, offset=1.4)) == ([0.0, 4.0, 8.0], [100, 200], None)
     # keyframes every 6 s: the nearest grid keyframe within half a chunk of each target
-    assert plan_cuts(packets(150), 25.0, 4, settings) == ([0.0, 6.0], None)
-    # keyframes every 1.8 s never land on the 2 s grid near 4 s: accurate split at the targets
-    starts, reason = plan_cuts(packets(45), 25.0, 4, settings)
-    assert starts == [0.0, 4.0, 8.0] and reason is not None and "grid" in reason
+    assert cuts(packets(150)) == ([0.0, 6.0], [150], None)
+    # keyframes every 1.8 s never start the 2 s grid near 4 s: accurate split at the targets
+    starts, frames, reason = cuts(packets(45))
+    assert starts == [0.0, 4.0, 8.0] and frames == [100, 200]
+    assert reason is not None and "no keyframe" in reason and "grid" in reason
+    # 29.97 fps, keyframes every 60 frames (2.002 s): a chunk starts on the first frame at or
+    # after its grid point (frame 120 at 4.004 s), counted in frames, never rounded to one
+    ntsc = [i * 1001 / 30000 for i in range(600)]
+    p = Packets(ntsc, [int(i % 60 == 0) for i in range(600)], [1001 / 30000] * 600)
+    assert cuts(p, 30000 / 1001) == (
+        [0.0, 4.004, 8.008, 12.012, 16.016],
+        [120, 240, 360, 480],
+        None,
+    )

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import struct
 import subprocess
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from support import WorkerFleet, dlq_for, encodeq, make_video, storage
+from support import WorkerFleet, dlq_for, encodeq, make_clip, make_video, storage, upload_and_wait
 
 from encodeq.failures import load_failure
+from encodeq.storage import UPLOADS
 
 
 def ffmpeg(*args: str) -> None:
@@ -161,3 +164,90 @@ def test_output_size_limit_stops_a_runaway_encode(workers, media_dir: Path) -> N
     manifest = json.loads(done.stdout)
     assert done.returncode == 1
     assert manifest["error"]["code"] == "output_too_large"
+
+
+# --- issue 10, items 6 and 8: the split's output cap, and durations that lie --------------------
+def _lying_mkv(path: Path, seconds: int, claims: float = 1.0) -> Path:
+    """A Matroska file of ``seconds`` of video and audio whose header says it lasts ``claims``
+    seconds: the segment's duration and each track's DURATION tag rewritten, nothing else."""
+    inputs = [f"testsrc2=s=160x90:r=25:d={seconds}", f"sine=d={seconds}"]
+    codecs = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-c:a", "aac", "-shortest"]
+    ffmpeg(*(a for i in inputs for a in ("-f", "lavfi", "-i", i)), *codecs, str(path))
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x44\x89\x88")  # Duration, an 8-byte float (milliseconds)
+    assert at > 0
+    data[at + 3 : at + 11] = struct.pack(">d", claims * 1000)
+    for tag in set(re.findall(rb"00:00:\d\d\.\d{9}", bytes(data))):  # the tracks' DURATION tags
+        data = data.replace(tag, b"00:00:%012.9f" % claims)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_the_probe_takes_the_longest_of_the_format_and_stream_durations() -> None:
+    from config.settings import Settings
+    from encodeq.errors import InputError
+    from worker.probe import check
+
+    video = {
+        "codec_type": "video",
+        "codec_name": "h264",
+        "width": 64,
+        "height": 36,
+        "avg_frame_rate": "25/1",
+    }
+    settings = Settings(max_duration_s=5)
+    honest = {"format": {"duration": "4.0"}, "streams": [{**video, "duration": "4.0"}]}
+    assert check(honest, settings).duration == 4.0
+    for streams in (
+        [{**video, "duration": "12.0"}],
+        [video, {"codec_type": "audio", "duration": "12.0"}],
+    ):
+        with pytest.raises(InputError) as refused:
+            check({"format": {"duration": "1.0"}, "streams": streams}, settings)
+        assert refused.value.code == "too_long"
+
+
+def test_a_header_that_lies_about_the_duration_cannot_carry_a_source_past_the_limit(
+    workers, tmp_path: Path
+) -> None:
+    from config.settings import Settings
+    from worker.probe import read_limit_s
+
+    limit = 5
+    workers.start(
+        "limits", env={"ENCODEQ_MAX_DURATION_S": str(limit), "ENCODEQ_CHUNK_SECONDS": "2"}
+    )
+    lying = _lying_mkv(tmp_path / "lying.mkv", seconds=12)
+    many = _lying_mkv(tmp_path / "many.mkv", seconds=60)  # more packets than 5 s at 240 fps
+    # Per rung (its header's 1 s chooses it): ffmpeg reads no more than a little past that.
+    [per_rung] = upload_and_wait(lying)
+    assert per_rung["state"] == "completed", per_rung["error"]
+    bound = read_limit_s(1.0, Settings(max_duration_s=limit))
+    for rendition in per_rung["renditions"]:
+        assert 1.0 <= rendition["duration"] <= bound + 0.1, rendition
+    # Chunked: the plan reads the packets, which tell the truth, and refuses; the file with too
+    # many packets for the limits is refused as soon as their count passes them.
+    refused = upload_and_wait(lying, many, options=("--mode", "chunked"))
+    for manifest in refused:
+        assert manifest["state"] == "failed" and manifest["error"]["code"] == "too_long"
+    assert "its frames last 12s" in refused[0]["error"]["message"]
+    assert f"more than {limit * 240} frames" in refused[1]["error"]["message"]
+
+
+def test_the_accurate_split_obeys_the_output_cap(workers, media_dir: Path) -> None:
+    cap = 300_000
+    workers.start(
+        "split-capped", env={"ENCODEQ_MAX_OUTPUT_BYTES": str(cap), "ENCODEQ_CHUNK_SECONDS": "2"}
+    )
+    # scene cuts put keyframes off the grid: the lossless split, many times the source's size
+    source = make_clip(media_dir / "cap-split.mp4", "29.97", 12, "scene-cut", size="160x90")
+    assert source.stat().st_size < cap
+    [manifest] = upload_and_wait(source, options=("--mode", "chunked"))
+    assert manifest["state"] == "failed"
+    assert manifest["error"]["code"] == "output_too_large", manifest["error"]
+    [message] = dlq_for(job_id=manifest["job_id"])
+    assert message.headers["task"] == "encodeq.probe"  # the split (in the probe) was stopped
+    s = storage()
+    chunks = list(s.list_keys(UPLOADS, f"{manifest['job_id']}/chunks/src/"))
+    handed = sum(s.client.stat_object(s.bucket(UPLOADS), key).size for key in chunks)
+    assert handed <= cap  # nothing past the cap was handed over

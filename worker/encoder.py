@@ -20,7 +20,7 @@ from config.settings import Settings
 from encodeq.errors import EncodeError
 from worker import process
 from worker.hls import AAC_LC, MediaPlaylistStats, avc1_codec, media_playlist_stats
-from worker.probe import SAFE_INPUT_OPTIONS, ProbeResult
+from worker.probe import SAFE_INPUT_OPTIONS, ProbeResult, read_limit_s
 
 PLAYLIST_NAME = "index.m3u8"
 SEGMENT_PATTERN = "seg_%05d.ts"
@@ -88,8 +88,10 @@ def with_progress(command: ffmpeg.nodes.OutputStream) -> list[str]:
 def encode_args(
     source: Path, probe: ProbeResult, plan: RenditionPlan, out_dir: Path, settings: Settings
 ) -> list[str]:
-    """The ffmpeg argv for one rung (a list: nothing here is ever given to a shell)."""
-    stream = ffmpeg.input(str(source), **SAFE_INPUT_OPTIONS)
+    """The ffmpeg argv for one rung (a list: nothing here is ever given to a shell). ``-t``:
+    never more of the source than a little past its probed duration (``read_limit_s``)."""
+    bound = read_limit_s(probe.duration, settings)
+    stream = ffmpeg.input(str(source), t=f"{bound:.3f}", **SAFE_INPUT_OPTIONS)
     outputs = [scaled(stream["v:0"], plan)] + ([stream["a:0"]] if probe.has_audio else [])
     options = output_options(probe, plan, out_dir, settings)
     return with_progress(ffmpeg.output(*outputs, str(out_dir / PLAYLIST_NAME), **options))
@@ -233,13 +235,22 @@ def chunk_encode_args(
     """One ffmpeg for every rung of a chunk: decode once, split, scale, encode each (MPEG-TS).
 
     Timestamps restart at 0 (``setpts``) so the forced keyframes land on the chunk's own segment
-    grid, which is the global one because chunks start on segment boundaries.
+    grid, which is the global one because chunks start on segment boundaries. Every frame passes
+    with its own timestamp, in the chunk's time base: a variable-frame-rate chunk keeps all its
+    frames (on a 1/fps clock, two frames closer than a tick would be dropped). ``force-cfr``
+    only makes x264 write the nominal frame rate into the stream's timing info, as a per-rung
+    encode does: the join's HLS muxer counts segment lengths in frame durations, which MPEG-TS
+    does not carry and ffmpeg derives from that rate (from a 90 kHz clock: one tick a frame).
     """
     video = ffmpeg.input(str(chunk), **SAFE_INPUT_OPTIONS)["v:0"].filter("setpts", "PTS-STARTPTS")
     branches = video.filter_multi_output("split", len(plans))
     streams = []
     for i, plan in enumerate(plans):
-        options = {**video_options(probe, plan, settings), "f": "mpegts", "an": None}
+        options = {
+            **video_options(probe, plan, settings),
+            **{"f": "mpegts", "an": None, "fps_mode": "passthrough", "enc_time_base": -1},
+            "x264-params": "force-cfr=1",
+        }
         streams.append(ffmpeg.output(scaled(branches.stream(i), plan), str(outputs[plan.name]),
                                      **options))  # fmt: skip
     return with_progress(ffmpeg.merge_outputs(*streams))

@@ -39,6 +39,15 @@ SAFE_INPUT_OPTIONS: dict[str, str] = {
 #: Codecs that are pictures, not moving video (a cover image is not a video stream).
 STILL_IMAGE_CODECS = {"png", "mjpeg", "bmp", "gif", "webp", "tiff", "jpeg2000"}
 
+#: The highest frame rate accepted; with ``max_duration_s`` it bounds how many video packets a
+#: source may hold (worker/chunking.py stops reading past that).
+MAX_FRAME_RATE = 240
+
+#: How far past its probed duration any ffmpeg may read a source: a container's duration is often
+#: a little short of its last frame, never by much unless it lies (``read_limit_s``).
+READ_MARGIN_S = 2.0
+READ_MARGIN_FRACTION = 0.01
+
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -75,6 +84,28 @@ def _rate(text: str | None) -> float:
 
 def _even(value: float) -> int:
     return max(2, round(value / 2.0) * 2)
+
+
+def _seconds(value: Any) -> float:
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):  # "N/A", missing
+        return 0.0
+
+
+def _longest(fmt: dict[str, Any], streams: list[dict[str, Any]]) -> float:
+    """The largest of the container's and every audio and video stream's duration: a header
+    that claims less than a stream holds must not carry a long source past ``max_duration_s``."""
+    media = [s for s in streams if s.get("codec_type") in ("video", "audio")]
+    return max([_seconds(fmt.get("duration")), *(_seconds(s.get("duration")) for s in media)])
+
+
+def read_limit_s(duration: float, settings: Settings) -> float:
+    """How much of a source (seconds from its start) any ffmpeg reading it may take (``-t``): a
+    little past the probed duration, itself within the limit, so a header that lies about the
+    duration cannot make ffmpeg read past the limit (it only gets the start of a longer stream)."""
+    bounded = min(duration, settings.max_duration_s)
+    return round(bounded * (1 + READ_MARGIN_FRACTION) + READ_MARGIN_S, 3)
 
 
 def probe(path: Path, settings: Settings) -> ProbeResult:
@@ -120,7 +151,7 @@ def check(info: dict[str, Any], settings: Settings) -> ProbeResult:
         raise InputError(
             "too_large", f"{width}x{height} exceeds {settings.max_pixels} pixels per frame"
         )
-    duration = float(fmt.get("duration") or video.get("duration") or 0.0)
+    duration = _longest(fmt, streams)
     if duration <= 0:
         raise InputError("invalid_duration", "the file reports no duration")
     if duration > settings.max_duration_s:
@@ -128,7 +159,7 @@ def check(info: dict[str, Any], settings: Settings) -> ProbeResult:
             "too_long", f"{duration:.0f}s exceeds the limit of {settings.max_duration_s:.0f}s"
         )
     frame_rate = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
-    if frame_rate <= 0 or frame_rate > 240:
+    if frame_rate <= 0 or frame_rate > MAX_FRAME_RATE:
         raise InputError("invalid_frame_rate", f"frame rate {frame_rate:.2f} is not usable")
     sar = _rate(video.get("sample_aspect_ratio")) or 1.0
     rotation = _rotation(video)
