@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     #: Where workers keep local copies of sources and outputs while they work, the host cache,
     #: and DLQ exports: empty means a per-user private folder (``private_dir``).
     work_dir: str = ""
+    #: Disk budget of a host's cache (worker/host_cache.py): least recently used entries no task
+    #: holds are evicted past it. A fixed size (the same on every host, easy to reason about),
+    #: shrunk on a small or full disk to half of what the cache could take (its own bytes plus
+    #: the free space), so the scratch folders on the same disk always keep room to encode.
+    host_cache_bytes: int = 10 * 1024**3
 
     # --- chunk-parallel encoding (worker/chunking.py, worker/joining.py, worker/seams.py) ------
     #: Target chunk length; rounded up to a multiple of ``segment_seconds`` so every chunk
@@ -84,6 +89,22 @@ class Settings(BaseSettings):
     #: Full jitter (a random countdown up to the backoff) spreads retries of many tasks apart.
     retry_jitter: bool = True
 
+    # --- drills --------------------------------------------------------------------------------
+    #: Task names (comma-separated, e.g. ``encodeq.join``) this worker fails at once with the
+    #: permanent error ``injected_fault``: a way to put a message of any kind into the DLQ on
+    #: purpose, then "fix the cause" (a worker without it) and replay. Empty in production.
+    fail_tasks: str = ""
+
+    # --- the janitor (worker/janitor.py): what no single task is there to clean up ------------
+    #: How often each worker's janitor looks (jittered, so many workers do not look at once).
+    janitor_interval_s: float = 60.0
+    #: A job still ``queued`` this long after its last change may have lost its probe message
+    #: (the uploader died between writing the manifest and publishing): its probe is published
+    #: again, and a probe that finds the job already claimed does nothing.
+    orphan_after_s: float = 900.0
+    #: Chunk intermediates of a failed job are kept this long for a replay, then removed.
+    intermediates_ttl_s: float = 7 * 86400.0
+
     # --- events ------------------------------------------------------------------------------
     #: At most one progress event per rendition this often.
     progress_interval_s: float = 0.5
@@ -93,10 +114,27 @@ class Settings(BaseSettings):
     #: overrides): a message that keeps dying is not bounced back for ever.
     dlq_max_replays: int = 5
 
+    # --- Celery remote control (worker/app.py) -------------------------------------------------
+    #: Let workers answer Celery's remote control (``celery inspect`` / ``control``; Flower's
+    #: worker views need it). Off unless Flower is deployed: any client that can publish to the
+    #: ``celery.pidbox`` exchange could otherwise shut every worker down or cancel its queues.
+    remote_control: bool = False
+
     # --- HTTP API (uploader/web/) ---------------------------------------------------------------
-    #: Bearer token the mutating endpoints (upload, replay, purge) require; empty means none is
-    #: required, which ``encodeq serve`` allows only on a loopback address.
+    #: Bearer token every ``/api/*`` route but health requires; empty means ``encodeq serve``
+    #: generates a random one at start and prints a ready link (``http://HOST:PORT/#token=...``).
     api_token: str = ""
+    #: Host names (comma-separated) the HTTP service answers besides loopback and its bind
+    #: address, e.g. ``encodeq.example.org``; any other ``Host`` header gets 400 (DNS rebinding).
+    allowed_hosts: str = ""
+
+    # --- least-privilege storage users (encodeq/s3_users.py, ``encodeq minio-setup``) ---------
+    #: The users ``encodeq minio-setup`` creates (with the root key in ENCODEQ_S3_*); each
+    #: service then runs with its own pair as ENCODEQ_S3_ACCESS_KEY/SECRET_KEY.
+    worker_s3_access_key: str = ""
+    worker_s3_secret_key: str = ""
+    dashboard_s3_access_key: str = ""
+    dashboard_s3_secret_key: str = ""
 
     def private_dir(self, name: str = "") -> Path:
         """A folder only this user can enter (0700): ``work_dir``, else the user's cache folder

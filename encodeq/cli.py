@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from config.exposure import DefaultSecretError, check_default_secrets
 from config.settings import get_settings
 from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
 from encodeq.manifest import JobStore, Manifest, is_job_id
@@ -46,18 +47,28 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="Pool processes (competing consumers).")] = 2,
     loglevel: Annotated[str, typer.Option()] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+    queues: Annotated[
+        str, typer.Option(help="Work queues to consume, comma-separated (default: both).")
+    ] = f"{CONTROL_QUEUE_NAME},{ENCODE_QUEUE_NAME}",
 ) -> None:
     """Run a Celery worker on the control and encode queues."""
+    try:  # a well-known secret off loopback: refuse before connecting (config/exposure.py)
+        check_default_secrets(get_settings())
+    except DefaultSecretError as exc:
+        fail(str(exc))
     from worker.app import app as celery_app
 
     name = hostname or f"encodeq-{os.getpid()}@%h"
+    # Every file the worker and its ffmpeg write (sources, outputs, cache entries) is 0600 and
+    # every folder 0700, inherited by the pool processes and their children.
+    os.umask(0o077)
     celery_app.worker_main(
         [
             "worker",
             f"--concurrency={concurrency}",
             f"--loglevel={loglevel}",
             f"--hostname={name}",
-            f"--queues={CONTROL_QUEUE_NAME},{ENCODE_QUEUE_NAME}",
+            f"--queues={queues}",
         ]
     )
 
@@ -229,12 +240,11 @@ def watch(
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to bind (loopback unless a token is set).")] = (
-        "127.0.0.1"
-    ),
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
 ) -> None:
-    """The HTTP API and live dashboard: uploads, jobs, events, playback, the DLQ."""
+    """The HTTP API and live dashboard: uploads, jobs, events, playback, the DLQ. Every API call
+    needs ENCODEQ_API_TOKEN; without one a token is generated and a ready link printed."""
     from uploader.web.server import ServeError
     from uploader.web.server import serve as run_server
 
@@ -242,6 +252,20 @@ def serve(
         run_server(host, port)
     except ServeError as exc:
         fail(str(exc))
+
+
+@app.command("minio-setup")
+def minio_setup() -> None:
+    """With MinIO's root key: create the buckets and the least-privilege users of the workers
+    and the dashboard (ENCODEQ_WORKER_S3_*, ENCODEQ_DASHBOARD_S3_*). Compose runs it once."""
+    from encodeq.s3_users import SetupError, setup
+
+    try:
+        setup(get_settings(), log=lambda line: out.print(line, markup=False, highlight=False))
+    except DefaultSecretError as exc:
+        fail(str(exc))
+    except SetupError as exc:
+        fail(str(exc), code=1)
 
 
 @app.callback()

@@ -2,8 +2,12 @@
 
 One writer per object, so concurrent workers never lose each other's updates without locks:
 ``<job>/manifest.json`` holds the job-level state (written by the uploader, probe, finalize and the
-failure handler, which run one after another), and ``<job>/renditions/<name>.json`` holds one
-rendition's state (written only by the task encoding that rendition). ``JobStore.load`` joins them.
+failure handler, which run one after another), and each rendition has two records of its own,
+written only by the task encoding that rendition: ``<job>/renditions/<name>.json`` once it is
+completed (write-once in effect: nothing but another completion ever writes it) and
+``<job>/renditions/<name>.live.json`` while it is pending, encoding or failed. A late duplicate of
+an encode (a redelivery after the rung was done) can only touch the live record, which the
+completed one shadows, so it can never downgrade a finished rendition. ``JobStore.load`` joins them.
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ def now_iso() -> str:
 class ErrorInfo(BaseModel):
     code: str
     message: str
+
+
+class PastError(ErrorInfo):
+    """An error the job had before a replay reopened it (kept, so the history stays visible)."""
+
+    failed_at: str
+    reopened_at: str = Field(default_factory=now_iso)
 
 
 class SourceInfo(BaseModel):
@@ -150,6 +161,13 @@ class Manifest(BaseModel):
     #: Requested at upload (None: chosen by the probe from the source's length), then resolved.
     mode: EncodeMode | None = None
     chunks: ChunkPlan | None = None
+    #: Errors of earlier failures that a replay reopened, oldest first.
+    history: list[PastError] = Field(default_factory=list)
+    #: The probe task that claimed the job (the first to find it queued): a second probe message
+    #: (the janitor re-publishes one for a job that looks orphaned) finds it taken and does nothing.
+    probe_task: str | None = None
+    #: How often the janitor re-published the probe of a job that stayed queued too long.
+    requeued: int = 0
 
     @property
     def finished(self) -> bool:
@@ -160,8 +178,8 @@ def _manifest_key(job_id: str) -> str:
     return f"{job_id}/manifest.json"
 
 
-def _rendition_key(job_id: str, name: str) -> str:
-    return f"{job_id}/renditions/{name}.json"
+def _rendition_key(job_id: str, name: str, completed: bool = True) -> str:
+    return f"{job_id}/renditions/{name}{'' if completed else '.live'}.json"
 
 
 def _chunk_key(job_id: str, index: int) -> str:
@@ -199,14 +217,19 @@ class JobStore:
         return manifest
 
     def load_rendition(self, job_id: str, name: str) -> Rendition | None:
-        doc = self.storage.get_json(JOBS, _rendition_key(job_id, name))
-        return None if doc is None else Rendition.model_validate(doc)
+        """The completed record when there is one (it always wins), else the live one."""
+        for completed in (True, False):
+            doc = self.storage.get_json(JOBS, _rendition_key(job_id, name, completed))
+            if doc is not None:
+                return Rendition.model_validate(doc)
+        return None
 
     def save_rendition(self, job_id: str, rendition: Rendition) -> None:
+        """A completed rendition goes to its own record; any other state to the live record, so
+        progress or a failure written by a late duplicate never overwrites a completed rung."""
         rendition.updated_at = now_iso()
-        self.storage.put_json(
-            JOBS, _rendition_key(job_id, rendition.name), rendition.model_dump(mode="json")
-        )
+        key = _rendition_key(job_id, rendition.name, rendition.state == "completed")
+        self.storage.put_json(JOBS, key, rendition.model_dump(mode="json"))
 
     def load_chunk(self, job_id: str, index: int) -> ChunkRecord | None:
         doc = self.storage.get_json(JOBS, _chunk_key(job_id, index))
@@ -219,16 +242,30 @@ class JobStore:
 
     def set_state(self, job_id: str, state: JobState, error: ErrorInfo | None = None) -> Manifest:
         """Move the job to ``state``. A completed job is never failed afterwards (a late duplicate
-        of an already finished task must not undo the result)."""
+        of an already finished task must not undo the result), and a failed job keeps its first
+        error: a sibling that fails later (often *because* of the first failure) does not hide
+        the cause."""
         manifest = self.load_job(job_id)
         if manifest is None:
             raise KeyError(job_id)
-        if manifest.state == "completed" and state == "failed":
+        if state == "failed" and manifest.state in ("completed", "failed"):
             return manifest
         manifest.state = state
         manifest.error = error
         self.save(manifest)
         return manifest
+
+    def reopen(self, manifest: Manifest, state: JobState = "encoding") -> bool:
+        """Put a failed job back to work (a replayed message is about to finish it): the error
+        moves to ``history``; chunk and rendition records stay. False when it was not failed."""
+        if manifest.state != "failed":
+            return False
+        if manifest.error is not None:
+            past = PastError(**manifest.error.model_dump(), failed_at=manifest.updated_at)
+            manifest.history.append(past)
+        manifest.state, manifest.error = state, None
+        self.save(manifest)
+        return True
 
     def job_ids(self) -> list[str]:
         return sorted(key.rstrip("/") for key in self.storage.list_keys(JOBS, recursive=False))

@@ -194,6 +194,9 @@ class Monitor:
                 for view in job.renditions.values():
                     view.state, view.progress = "completed", 100.0
                 self._idle_probe(job_id)
+            elif kind == "job.reopened":  # a replayed message put a failed job back to work
+                job.state = str(event.get("state") or "encoding")
+                job.error_code = job.error_message = None
             elif kind == "job.failed":
                 if job.state != "completed":
                     job.state = "failed"

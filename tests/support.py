@@ -8,7 +8,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,81 @@ def make_video(
             check=True, timeout=60,
         )  # fmt: skip
         raw.unlink()
+    return path
+
+
+#: Frame rates as cameras and phones record them (ffmpeg's spelling), and "vfr": variable.
+FRAME_RATES = {
+    "23.976": "24000/1001",
+    "24": "24",
+    "25": "25",
+    "29.97": "30000/1001",
+    "30": "30",
+    "50": "50",
+    "59.94": "60000/1001",
+    "60": "60",
+    "vfr": "30",
+}
+#: Keyframe patterns: every 1 s or 2 s, x264's own choice (scene cuts, at most every 250 frames),
+#: or open GOPs (B-frames shown before a keyframe are decoded after it).
+GOP_KINDS = ("1s", "2s", "scene-cut", "open-gop")
+
+
+def make_clip(
+    path: Path,
+    rate: str,
+    duration: float,
+    gop: str,
+    size: str = "64x36",
+    bframes: int = 0,
+    audio: bool = False,
+) -> Path:
+    """An H.264 clip of ``rate`` (a FRAME_RATES key) and ``gop`` (a GOP_KINDS value) whose picture
+    turns negative every couple of seconds (a scene cut for x264). "vfr": 30 fps timestamps
+    jittered by up to 0.4 frame, every 13th frame dropped (about 27.7 fps, intervals 0.6 to 2.2
+    frames), on a 90 kHz clock. Tiny by default, so minutes of it take seconds."""
+    if path.exists():
+        return path
+    fps = FRAME_RATES[rate]
+    num, _, den = fps.partition("/")
+    nominal = round(int(num) / int(den or 1))
+    picture = "negate=enable='lt(mod(t,4.3),2.1)'"
+    timing: list[str] = []
+    if rate == "vfr":
+        jitter = "settb=1/90000,setpts='(N+0.2*sin(1.7*N))/30/TB'"
+        picture += f",{jitter},select='not(eq(mod(n,13),7))'"
+        timing = ["-fps_mode", "passthrough", "-enc_time_base", "1:90000"]
+        if path.suffix in (".mp4", ".mov"):
+            timing += ["-video_track_timescale", "90000"]
+    every = {"1s": nominal, "2s": 2 * nominal, "open-gop": 2 * nominal}.get(gop)
+    keyframes = ["-sc_threshold", "40"]  # scene-cut: x264's defaults (keyint 250, scene cuts)
+    if every is not None:
+        keyframes = ["-g", str(every), "-keyint_min", str(every), "-sc_threshold", "0"]
+    if gop == "open-gop":
+        keyframes += ["-x264-params", "open-gop=1:b-pyramid=0"]
+        bframes = max(bframes, 3)
+    source = f"testsrc2=s={size}:r={fps}:d={duration}"
+    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=f=440:d={duration}", "-c:a", "aac", "-shortest"]
+    args += ["-vf", picture, *timing, "-c:v", "libx264", "-preset", "veryfast", *keyframes]
+    args += ["-bf", str(bframes), "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(args, check=True, timeout=300)
+    return path
+
+
+def make_mid_gop_ts(path: Path) -> Path:
+    """An MPEG-TS recording that starts in the middle of a GOP (its first bytes cut off, as a
+    capture started late): ffprobe lists packets a decoder cannot use (no keyframe, no SPS
+    before them), so no split can hold the frames the packets promise."""
+    if not path.exists():
+        whole = path.with_suffix(".whole.ts")
+        inputs = ["-f", "lavfi", "-i", "testsrc2=s=160x90:r=25:d=12", "-f", "lavfi", "-i", "sine"]
+        codecs = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-c:a", "aac"]
+        argv = ["ffmpeg", "-v", "error", "-y", *inputs, *codecs, "-shortest", str(whole)]
+        subprocess.run(argv, check=True, timeout=120)
+        data = whole.read_bytes()
+        path.write_bytes(data[len(data) // 7 // 188 * 188 :])
     return path
 
 
@@ -197,15 +273,15 @@ class WorkerFleet:
         concurrency: int = 1,
         env: dict[str, str] | None = None,
         argv: list[str] | None = None,
+        queues: tuple[str, ...] = (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME),
     ) -> Worker:
         """``encodeq worker`` as compose runs it (or ``argv`` exactly as given, e.g. compose's own
-        command line); returns once it consumes from both work queues."""
+        command line); returns once it consumes from its work queues (``queues``: both)."""
         url = (env or {}).get("ENCODEQ_BROKER_URL")
-        queues = (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME)
-        before = {queue: consumers(queue, url) for queue in queues}
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"encodeq-worker-{name}-{os.getpid()}.log"
         argv = argv or ["encodeq", "worker", "--concurrency", str(concurrency),
-                        "--hostname", f"{name}@%h", "--loglevel", "INFO"]  # fmt: skip
+                        "--hostname", f"{name}@%h", "--loglevel", "INFO",
+                        "--queues", ",".join(queues)]  # fmt: skip
         program = ENCODEQ[0] if argv[0] == "encodeq" else (shutil.which(argv[0]) or argv[0])
         proc = subprocess.Popen(
             [program, *argv[1:]], stdout=log.open("w"), stderr=subprocess.STDOUT,
@@ -215,7 +291,13 @@ class WorkerFleet:
         self.workers.append(worker)
 
         def consuming() -> bool:
-            return proc.poll() is not None or all(consumers(q, url) > n for q, n in before.items())
+            # Celery logs "<node> ready." once its consumer is set up; the broker then shows a
+            # consumer on each queue. Not "more consumers than before": right after a whole
+            # worker is killed, the broker may still count the dead one in "before".
+            if proc.poll() is not None:
+                return True
+            ready = any(line.rstrip().endswith(" ready.") for line in worker.output().splitlines())
+            return ready and all(consumers(q, url) > 0 for q in queues)
 
         wait_for(consuming, 60, f"worker {name} to consume from the work queues")
         if proc.poll() is not None:
@@ -226,6 +308,68 @@ class WorkerFleet:
         for worker in self.workers:
             if worker.proc.poll() is None:
                 worker.terminate(timeout=30)
+
+
+# --- processes on this machine (read from /proc) -------------------------------------------------
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state of a process (R, S, T, Z...), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def processes_with(fragment: str, program: str | None = None, also: str = "") -> list[int]:
+    """Pids of live processes with an argument containing ``fragment`` (and one containing
+    ``also``), whose program is ``program`` when given: e.g. the ffmpeg of a scratch folder."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+            argv = [a.decode(errors="replace") for a in raw.split(b"\0")]
+        except OSError:
+            continue
+        argv = [a for a in argv if a]
+        if not argv or _proc_state(int(entry.name)) in (None, "Z"):
+            continue
+        if program is not None and os.path.basename(argv[0]) != program:
+            continue
+        if any(fragment in a for a in argv) and any(also in a for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
+def hold_ffmpeg(fragment: str, timeout: float = 120, also: str = "") -> int:
+    """SIGSTOP the first running ffmpeg with an argument containing ``fragment`` (and ``also``):
+    held, it cannot finish before the test acts, however fast or slow the machine. Its pid."""
+
+    def held() -> int | None:
+        for pid in processes_with(fragment, "ffmpeg", also):
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + 10
+            while (state := _proc_state(pid)) not in ("T", "t", "Z", None):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            if state in ("T", "t"):  # stopped, not exiting
+                return pid
+        return None
+
+    return wait_for(held, timeout, f"an ffmpeg of {fragment}", every=0.02)
+
+
+def kill_processes_with(fragment: str) -> None:
+    """SIGKILL whatever still runs with ``fragment`` in its arguments (a test's cleanup)."""
+    import contextlib
+
+    for pid in processes_with(fragment):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # --- the dead-letter queue -----------------------------------------------------------------------
@@ -357,10 +501,18 @@ def dlq_of_task(task: str) -> list[Any]:
 
 # --- the HTTP service (tests/test_http_api.py, tests/test_dashboard_browser.py) -----------------
 class Server:
-    """An ``encodeq serve`` subprocess and where it answers."""
+    """An ``encodeq serve`` subprocess, where it answers and its token (``ENCODEQ_API_TOKEN``, or
+    the one it generated and printed in its ``#token=`` link)."""
 
     def __init__(self, proc: subprocess.Popen, base: str, log: Path) -> None:
         self.proc, self.base, self.log = proc, base, log
+        self.token = ""
+        self.link: str | None = None
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The header every ``/api/*`` call but health needs."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -438,6 +590,14 @@ def start_server(
     wait_for(ready, 60, f"encodeq serve on port {port}")
     if proc.poll() is not None:
         raise AssertionError(f"encodeq serve exited {proc.returncode}:\n{server.output()[-3000:]}")
+    import re
+
+    token = {**os.environ, **(env or {})}.get("ENCODEQ_API_TOKEN", "")
+    found = re.search(r"(http://\S+/)#token=(\S+)", server.output())
+    if found:  # printed before uvicorn starts: there once /api/health answers
+        server.link, server.token = found.group(0), found.group(2)
+    else:
+        server.token = token
     return server
 
 
@@ -472,3 +632,69 @@ def open_cors(logical: str) -> None:
     rule = {"AllowedOrigins": ["*"], "AllowedMethods": ["GET", "HEAD"], "AllowedHeaders": ["*"],
             "MaxAgeSeconds": 3600}  # fmt: skip
     client.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [rule]})
+
+
+# --- DLQ tests on a broker of their own (tests/test_dlq_replay.py, tests/test_dlq_purge.py) -------
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextmanager
+def private_vhost(name: str) -> Iterator[str]:
+    """A RabbitMQ vhost of its own, made this process's (and its subprocesses') broker while in
+    use: its work queues hold nobody else's messages, so a test may kill messages in them and
+    count what arrives where. Yields its URL. The process-wide settings are read again on the way
+    in and out, so nothing in this process keeps the URL of a vhost that no longer exists."""
+    import uuid
+
+    from config.settings import get_settings
+
+    base = settings().broker_url.rsplit("/", 1)[1]
+    vhost = f"{base}-{name}-{uuid.uuid4().hex[:6]}"
+    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    previous = os.environ.get("ENCODEQ_BROKER_URL")
+    os.environ["ENCODEQ_BROKER_URL"] = url
+    get_settings.cache_clear()
+    try:
+        yield url
+    finally:
+        if previous is None:
+            os.environ.pop("ENCODEQ_BROKER_URL", None)
+        else:
+            os.environ["ENCODEQ_BROKER_URL"] = previous
+        get_settings.cache_clear()
+        subprocess.run(
+            ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60
+        )
+
+
+def kill_in_work_queue(routing_key: str, messages: list[tuple[bytes, dict]]) -> str:
+    """Publish through the work exchange and reject each from the work queue it reached: dead
+    letters whose x-death names that queue, the work exchange and the routing key, as a worker's
+    reject leaves them. On a private vhost only (it rejects whatever the queue holds). Returns
+    the queue's name."""
+    import amqp
+
+    from config.topology import TASK_ROUTES, WORK_EXCHANGE, declare_topology
+
+    queue = next(q for q, key in TASK_ROUTES.values() if key == routing_key)
+    before = queue_state(DEAD_LETTER_QUEUE_NAME)[0]
+    with broker() as conn:
+        declare_topology(conn)
+        ch = conn.connection.channel()
+        for body, props in messages:
+            ch.basic_publish(amqp.Message(body, **props), WORK_EXCHANGE.name, routing_key)
+        rejected = 0
+        while rejected < len(messages):
+            got = ch.basic_get(queue, no_ack=False)
+            if got is None:
+                continue
+            ch.basic_reject(got.delivery_tag, requeue=False)
+            rejected += 1
+        ch.close()
+    # Quorum queues dead-letter at least once, through their own process: wait for the copies.
+    wanted = before + rejected
+    wait_for(lambda: queue_state(DEAD_LETTER_QUEUE_NAME)[0] >= wanted, 30, "the dead letters")
+    return queue

@@ -44,7 +44,9 @@ class TcpProxy:
             self._open.clear()
 
     def restore(self) -> None:
-        self.start()
+        """Listen again (nothing to do when it already listens: safe in a ``finally``)."""
+        if self._listener is None:
+            self.start()
 
     stop = cut
 

@@ -18,6 +18,9 @@ from config.settings import get_settings
 from config.topology import declare_topology
 from encodeq.manifest import EncodeMode, ErrorInfo, JobStore, Manifest, SourceInfo
 from encodeq.storage import UPLOADS, Storage
+from worker.app import app
+from worker.events import emit
+from worker.tasks import probe
 
 #: Extensions kept on the stored key for the benefit of people browsing the bucket; anything else
 #: is stored as ``source.bin``. ffmpeg decides what a file is from its bytes, not its name.
@@ -32,12 +35,9 @@ class BrokerUnavailable(SubmitError):
     """RabbitMQ did not take the job within ``broker_wait_s``; the job is marked failed."""
 
 
-def _publish_probe(job_id: str) -> None:
+def publish_probe(job_id: str) -> None:
     """Declare the topology (so a job published before any worker ran is kept) and publish the
     probe with publisher confirms, waiting up to ``broker_wait_s`` for an unreachable broker."""
-    from worker.app import app
-    from worker.tasks import probe
-
     wait = get_settings().broker_wait_s
     with app.connection_for_write() as connection:
         connection.ensure_connection(
@@ -75,8 +75,6 @@ def submit(
     """Upload ``path`` and queue its job; returns the queued manifest. ``mode`` picks chunked or
     per-rung encoding (None: the probe chooses from the source's length). ``filename`` is the
     user's name for the file when ``path`` is ours (a web upload's temp file)."""
-    from worker.events import emit
-
     filename = filename or path.name
     size = check_file(path)
     storage = storage or Storage()
@@ -89,15 +87,21 @@ def submit(
         progress=progress,
     )
     manifest = Manifest(
-        job_id=job_id, source=SourceInfo(uri=uri, filename=filename, size_bytes=size), mode=mode
+        job_id=job_id,
+        source=SourceInfo(uri=uri, filename=filename, size_bytes=size),
+        mode=mode,
     )
     jobs = JobStore(storage)
     jobs.save(manifest)
-    # Publisher confirms are on (broker_transport_options): this returns once RabbitMQ has the task.
+    # Publisher confirms are on (broker_transport_options): this returns once RabbitMQ has the
+    # task. Any error means it may not have: the job fails loudly rather than wait for ever (a
+    # crash right here leaves it queued, which the workers' janitor finds: worker/janitor.py).
     try:
-        _publish_probe(job_id)
-    except (OperationalError, OSError) as exc:
-        error = ErrorInfo(code="broker_unavailable", message=f"could not queue the job: {exc}")
+        publish_probe(job_id)
+    except Exception as exc:
+        unreachable = isinstance(exc, (OperationalError, OSError))
+        code = "broker_unavailable" if unreachable else "publish_failed"
+        error = ErrorInfo(code=code, message=f"could not queue the job: {exc!r}")
         jobs.set_state(job_id, "failed", error)
         message = f"{filename}: RabbitMQ did not take job {job_id} ({exc}); marked failed"
         raise BrokerUnavailable(message) from exc

@@ -5,10 +5,13 @@ Importing this module never connects anywhere; the uploader imports it too, to p
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery, Task
 
 from config.settings import get_settings
 from config.topology import CONTROL_QUEUE_NAME, TASK_ROUTES, WORK_EXCHANGE, work_queues
+from encodeq.errors import PermanentError
 from worker.failure_handling import DeclareTopology
 
 #: Above the soft limit: the soft one raises inside the task and dead-letters; the hard one only
@@ -18,6 +21,11 @@ HARD_LIMIT_MARGIN_S = 30
 
 class EncodeqTask(Task):
     Request = "worker.failure_handling:RecordingRequest"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.name in get_settings().fail_tasks.split(","):
+            raise PermanentError("injected_fault", f"{self.name} fails here on purpose (drill)")
+        return super().__call__(*args, **kwargs)
 
 
 def create_app() -> Celery:
@@ -52,12 +60,19 @@ def create_app() -> Celery:
         task_time_limit=settings.encode_time_limit_s + HARD_LIMIT_MARGIN_S,
         # Task events for Flower.
         worker_send_task_events=True,
+        # Remote control (the celery.pidbox broadcast queue) only where Flower needs it: a message
+        # published there can shut workers down (ENCODEQ_REMOTE_CONTROL, off by default).
+        worker_enable_remote_control=settings.remote_control,
         task_send_sent_event=True,
         worker_consumer="worker.failure_handling:DeadLetteringConsumer",
         worker_cancel_long_running_tasks_on_connection_loss=False,
         include=["worker.tasks", "worker.chunked_tasks"],
     )
     app.steps["consumer"].add(DeclareTopology)
+    # Dead tasks' scratch folders swept, ended jobs' cache entries dropped on every host.
+    app.steps["consumer"].add("worker.housekeeping:Housekeeping")
+    # By name: the janitor imports the tasks, which import this module.
+    app.steps["worker"].add("worker.janitor:Janitor")
     return app
 
 

@@ -31,9 +31,16 @@ from encodeq.storage import UPLOADS, Storage
 from worker import chunking, encoder, host_cache, joining, process, seams
 from worker.app import app
 from worker.events import emit
-from worker.probe import ProbeResult
+from worker.probe import ProbeResult, read_limit_s
 from worker.segment_upload import SegmentUploader
-from worker.task_support import job_store, load_job, maybe_finalize, probe_result, workdir
+from worker.task_support import (
+    job_store,
+    load_job,
+    maybe_finalize,
+    probe_result,
+    reopen_if_replayed,
+    workdir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +58,14 @@ def _audio_key(job_id: str) -> str:
 
 
 def plan(source: Path, result: ProbeResult) -> chunking.SplitPlan:
-    """Where the source will be cut, from its packets (the job records it before any cut)."""
+    """Where the source will be cut, from its packets (the job records it before any cut).
+    Packets ffprobe cannot list plan the job per rung: chunking is a way to encode, not a verdict
+    on the source (the per-rung encode gives that)."""
+    settings = get_settings()
     try:
-        return chunking.plan(source, result.frame_rate, get_settings())
+        return chunking.plan(source, result.frame_rate, settings)
     except process.ProcessFailed as exc:
-        raise EncodeError("split_failed", f"ffprobe could not read the packets: {exc}") from None
+        return chunking.not_chunked(f"ffprobe could not list the packets: {exc}", settings)
 
 
 def cut_and_fan_out(
@@ -73,6 +83,15 @@ def cut_and_fan_out(
     """
     job_id = manifest.job_id
     settings = get_settings()
+    if split_plan.per_rung is not None:
+        _encode_per_rung(jobs, job_id, split_plan.per_rung)
+        return
+    if split_plan.span > read_limit_s(manifest.source.duration or 0.0, settings):
+        # The header said less than the packets hold (within the limit: the plan checked); the
+        # chunks hold every packet, so the audio and the join's completeness check go by them.
+        current = load_job(jobs, job_id)
+        current.source = current.source.model_copy(update={"duration": split_plan.span})
+        jobs.save(current)
     if manifest.source.has_audio:  # first: it runs beside the chunks, not after them (FIFO queue)
         encode_audio.apply_async(args=[job_id])
     watch_chunks.apply_async(args=[job_id, []], countdown=settings.straggler_check_s)
@@ -91,11 +110,25 @@ def cut_and_fan_out(
         jobs.save(current)
         logger.warning("job %s: %s; cutting the rest accurately", job_id, reason)
 
-    frame_rate = manifest.source.frame_rate or 0.0
     try:
-        chunking.split(source, folder / "chunks", split_plan, frame_rate, settings, ready, fallback)
-    except process.ProcessFailed as exc:
-        raise EncodeError("split_failed", f"ffmpeg could not split the source: {exc}") from None
+        chunking.split(source, folder / "chunks", split_plan, settings, ready, fallback)
+    except chunking.SplitImpossible as exc:
+        _encode_per_rung(jobs, job_id, str(exc))
+
+
+def _encode_per_rung(jobs: JobStore, job_id: str, reason: str) -> None:
+    """The last resort of a source that cannot be chunked as planned: the job goes per rung (one
+    encode per rung, from the source) rather than fail. Chunk tasks already published find it no
+    longer chunked and finish without doing anything (``_chunked_manifest``). Published by name:
+    the per-rung tasks' module imports this one."""
+    current = load_job(jobs, job_id)
+    current.mode, current.chunks = "per-rung", None
+    current.source = current.source.model_copy(update={"frames": None})
+    jobs.save(current)
+    logger.warning("job %s: %s; encoding it per rung instead", job_id, reason)
+    emit("job.mode_changed", job_id=job_id, mode="per-rung", reason=reason)
+    for rendition in current.renditions:
+        app.send_task("encodeq.encode", args=[job_id, rendition.name])
 
 
 def remove_intermediates(storage: Storage, job_id: str) -> None:
@@ -114,10 +147,15 @@ def _seconds_since(iso: str | None) -> float:
     return (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
 
 
-def _chunked_manifest(jobs: JobStore, job_id: str) -> Manifest:
+def _chunked_manifest(jobs: JobStore, job_id: str) -> Manifest | None:
+    """The job, while it is in chunked mode. None when it is not: a job whose source could not be
+    chunked as planned went per rung after its first chunk tasks were published, and those then
+    have nothing left to do, which is no failure (nor is a stray chunk message of a per-rung job).
+    """
     manifest = load_job(jobs, job_id)
     if manifest.mode != "chunked" or manifest.chunks is None:
-        raise PermanentError("bad_arguments", f"job {job_id} is not in chunked mode")
+        logger.info("job %s is not (or no longer) in chunked mode: nothing to do here", job_id)
+        return None
     return manifest
 
 
@@ -127,10 +165,15 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
     storage = Storage()
     jobs = JobStore(storage)
     manifest = _chunked_manifest(jobs, job_id)
+    if manifest is None:
+        return
     assert manifest.chunks is not None
     if not isinstance(index, int) or not 0 <= index < manifest.chunks.count:
         raise PermanentError("bad_arguments", f"job {job_id} has no chunk {index!r}")
-    if manifest.state in ("failed", "completed"):
+    # A failed job's chunks still encode (a replay of what failed then completes the job);
+    # only a replayed message reopens it.
+    reopen_if_replayed(self, jobs, manifest)
+    if manifest.state == "completed":
         return
     done = jobs.load_chunk(job_id, index)
     if done is not None and done.state == "completed":
@@ -193,7 +236,10 @@ def encode_audio(self: Task, job_id: str) -> None:
     storage = Storage()
     jobs = JobStore(storage)
     manifest = _chunked_manifest(jobs, job_id)
-    if manifest.state in ("failed", "completed"):
+    if manifest is None:
+        return
+    reopen_if_replayed(self, jobs, manifest)
+    if manifest.state == "completed":
         return
     done = jobs.load_chunk(job_id, AUDIO)
     if done is not None and done.state == "completed":
@@ -252,16 +298,17 @@ def join(self: Task, job_id: str, rendition: str) -> None:
     storage = Storage()
     jobs = JobStore(storage)
     manifest = _chunked_manifest(jobs, job_id)
+    if manifest is None:
+        return
     chunks = manifest.chunks
     assert chunks is not None
     planned = {r.name: r for r in manifest.renditions}
     if rendition not in planned:
         raise PermanentError("bad_arguments", f"job {job_id} has no rendition {rendition!r}")
+    reopen_if_replayed(self, jobs, manifest)
     done = jobs.load_rendition(job_id, rendition)
     if done is not None and done.state == "completed":
         maybe_finalize(jobs, job_id, list(planned), queue=ENCODE_QUEUE_NAME)
-        return
-    if manifest.state == "failed":
         return
     record = planned[rendition].model_copy(
         update={"state": "encoding", "worker": self.request.hostname, "task_id": self.request.id}
@@ -338,6 +385,8 @@ def watch_chunks(self: Task, job_id: str, offered: list[int]) -> None:
     settings = get_settings()
     jobs = job_store()
     manifest = _chunked_manifest(jobs, job_id)
+    if manifest is None:
+        return
     assert manifest.chunks is not None
     if manifest.finished:
         return

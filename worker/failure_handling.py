@@ -31,8 +31,13 @@ from encodeq.errors import PermanentError
 from encodeq.failures import FailureRecord, message_key, save_failure, tail
 from encodeq.manifest import ErrorInfo, JobStore, is_job_id
 from encodeq.storage import Storage
+from worker import outbox
 
 logger = logging.getLogger(__name__)
+
+#: Kinds of outbox entry (worker/outbox.py) this module writes and knows how to apply.
+FAILURE_RECORD = "failure_record"
+JOB_FAILURE = "job_failure"
 
 #: How long, and how often, to look whether Celery's reject of a failed task went out.
 REJECT_LOOKS = 50
@@ -63,31 +68,52 @@ def _deliveries(message: Any) -> int:
 def _save(record: FailureRecord) -> None:
     try:
         save_failure(Storage(), record)
-    except Exception:  # storage down: the DLQ still has the message and its x-death
-        logger.exception("could not save the failure record of %s", record.task_id)
+    except Exception as exc:  # storage down: kept, and written once it answers
+        logger.warning("failure record of %s kept in the outbox: %s", record.task_id, exc)
+        outbox.spool(FAILURE_RECORD, record.model_dump(mode="json"))
 
 
 def _fail_job(job_id: str | None, rendition: str | None, code: str, message: str) -> None:
     if not job_id:
         return
+    failure = {"job_id": job_id, "rendition": rendition, "code": code, "message": message}
     try:
-        jobs = JobStore(Storage())
-        if jobs.load_job(job_id) is None:
-            return
-        jobs.set_state(job_id, "failed", ErrorInfo(code=code, message=message))
-        if rendition:
-            record = jobs.load_rendition(job_id, rendition)
-            if record is not None and record.state != "completed":
-                record.state = "failed"
-                jobs.save_rendition(job_id, record)
-        from worker import host_cache
-        from worker.events import emit  # late: events import the Celery app
+        _apply_job_failure(failure)
+    except Exception as exc:  # storage down: the job fails once it answers
+        logger.warning("failure of job %s kept in the outbox: %s", job_id, exc)
+        outbox.spool(JOB_FAILURE, failure)
 
-        host_cache.drop(job_id)
 
-        emit("job.failed", job_id=job_id, rendition=rendition, code=code, message=message)
-    except Exception:
-        logger.exception("could not mark job %s failed", job_id)
+def flush_outbox() -> int:
+    """Write what failures could not write while S3 was down (the janitor calls this)."""
+    return outbox.flush(
+        {
+            FAILURE_RECORD: lambda doc: save_failure(Storage(), FailureRecord.model_validate(doc)),
+            JOB_FAILURE: _apply_job_failure,
+        }
+    )
+
+
+def _apply_job_failure(failure: dict[str, Any]) -> None:
+    """Mark the job failed (it keeps its first error) and its rung failed; a completed job and
+    a completed rung are left alone (a late duplicate failing after another copy finished)."""
+    from worker.events import emit  # late: events import the Celery app
+
+    job_id, rendition = failure["job_id"], failure.get("rendition")
+    code, message = failure["code"], failure["message"]
+    jobs = JobStore(Storage())
+    job = jobs.load_job(job_id)
+    if job is None or job.state == "completed":
+        return
+    jobs.set_state(job_id, "failed", ErrorInfo(code=code, message=message))
+    if rendition:
+        record = jobs.load_rendition(job_id, rendition)
+        if record is not None and record.state != "completed":
+            record.state = "failed"
+            jobs.save_rendition(job_id, record)
+    # No cache drop here: every host (this one too) drops the job's entries on this event, once
+    # no task of the job runs there (worker/host_cache.py), never under a sibling still working.
+    emit("job.failed", job_id=job_id, rendition=rendition, code=code, message=message)
 
 
 class RecordingRequest(Request):

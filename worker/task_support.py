@@ -3,16 +3,19 @@ folder, the probe's findings in the encoder's terms, and the fan-in to finalize.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from config.settings import get_settings
+from celery import Task
+
+from config.topology import REPLAY_COUNT_HEADER
 from encodeq.errors import PermanentError
-from encodeq.manifest import JobStore, Manifest, SourceInfo, is_job_id
+from encodeq.manifest import JobState, JobStore, Manifest, SourceInfo, is_job_id
 from encodeq.storage import Storage
+from worker import host_cache, scratch
 from worker.app import app
+from worker.events import emit
 from worker.probe import ProbeResult
 
 
@@ -30,11 +33,36 @@ def load_job(jobs: JobStore, job_id: str) -> Manifest:
     return manifest
 
 
+def replayed(task: Task) -> bool:
+    """Whether this message was replayed from the DLQ (the inspector's own header says so)."""
+    headers = task.request.headers or {}
+    return bool(headers.get(REPLAY_COUNT_HEADER))
+
+
+def reopen_if_replayed(
+    task: Task, jobs: JobStore, manifest: Manifest, state: JobState = "encoding"
+) -> None:
+    """A replayed message of a failed job puts the job back to work: once its cause was fixed,
+    replaying what died must complete the job, in either mode. Other messages of a failed job
+    still do their part (nothing is dropped), but only a replay reopens it."""
+    if manifest.state == "failed" and replayed(task) and jobs.reopen(manifest, state):
+        worker = task.request.hostname
+        emit("job.reopened", job_id=manifest.job_id, state=state, task=task.name, worker=worker)
+
+
 @contextmanager
 def workdir(job_id: str) -> Iterator[Path]:
-    base = get_settings().work_dir or None
-    with tempfile.TemporaryDirectory(prefix=f"encodeq-{job_id}-", dir=base) as tmp:
-        yield Path(tmp)
+    """The task's scratch folder, in the per-user private work folder (worker/scratch.py): locked
+    while the task runs, removed after it, swept at worker start if the task died. Cache entries
+    the task reads are hard links of its own beside it (worker/host_cache.py), so no eviction or
+    drop can pull them away; as it leaves, an ended job's cache entries go."""
+    try:
+        with scratch.folder(job_id) as folder, host_cache.reading(folder / "inputs"):
+            task = folder / "task"
+            task.mkdir()
+            yield task
+    finally:
+        host_cache.task_left(job_id)
 
 
 def probe_result(source: SourceInfo) -> ProbeResult:

@@ -27,7 +27,13 @@ from worker.events import emit
 from worker.hls import CONTENT_TYPES, Variant, master_playlist
 from worker.probe import probe as probe_file
 from worker.segment_upload import SegmentUploader
-from worker.task_support import load_job, maybe_finalize, probe_result, workdir
+from worker.task_support import (
+    load_job,
+    maybe_finalize,
+    probe_result,
+    reopen_if_replayed,
+    workdir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +54,16 @@ def probe(self: Task, job_id: str) -> None:
     storage = Storage()
     jobs = JobStore(storage)
     manifest = load_job(jobs, job_id)
-    if manifest.state == "completed":
+    reopen_if_replayed(self, jobs, manifest, "queued")
+    if manifest.state in ("completed", "failed"):
+        return  # done, or failed (only a replay, above, puts a failed job back to work)
+    if manifest.state != "queued" and manifest.probe_task not in (None, self.request.id):
+        # Another probe claimed the job: the janitor re-published one for a job that looked
+        # orphaned, and this is the original after all (or the reverse). One of them is enough;
+        # a redelivery of the claimer (same task id) goes on.
+        logger.info("probe(%s): claimed by probe %s; nothing to do", job_id, manifest.probe_task)
         return
-    manifest.state, manifest.error = "probing", None
+    manifest.state, manifest.error, manifest.probe_task = "probing", None, self.request.id
     jobs.save(manifest)
     emit("job.probing", job_id=job_id, worker=self.request.hostname)
     settings = get_settings()
@@ -105,6 +118,7 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
     planned = {r.name: r for r in manifest.renditions}
     if rendition not in planned:
         raise PermanentError("bad_arguments", f"job {job_id} has no rendition {rendition!r}")
+    reopen_if_replayed(self, jobs, manifest)
     done = jobs.load_rendition(job_id, rendition)
     if done is not None and done.state == "completed":
         # A duplicate delivery (a lost ack, a re-run probe): the output is already there.
@@ -172,6 +186,7 @@ def finalize(self: Task, job_id: str) -> None:
     load_job(jobs, job_id)
     manifest = jobs.load(job_id)
     assert manifest is not None
+    reopen_if_replayed(self, jobs, manifest)
     if manifest.state == "completed":
         return
     if not manifest.renditions or any(r.state != "completed" for r in manifest.renditions):
@@ -204,8 +219,13 @@ def finalize(self: Task, job_id: str) -> None:
         poster_uri = storage.put_file(RENDITIONS, f"{job_id}/poster.jpg", poster, "image/jpeg")
     if manifest.mode == "chunked":
         chunked_tasks.remove_intermediates(storage, job_id)
-    manifest.master_playlist, manifest.poster = master_uri, poster_uri
-    manifest.state, manifest.error = "completed", None
-    jobs.save(manifest)
-    host_cache.drop(job_id)
+    job = jobs.load_job(job_id)  # again: a failure handler may have written it meanwhile
+    assert job is not None
+    # Every rendition is done, so the job is: a failure recorded meanwhile (a late duplicate
+    # that failed after its rung was completed by another copy) goes to the history.
+    jobs.reopen(job)
+    job.master_playlist, job.poster = master_uri, poster_uri
+    job.state, job.error = "completed", None
+    jobs.save(job)
+    host_cache.job_ended(job_id)  # here now; every other host on the event
     emit("job.completed", job_id=job_id, master_playlist=master_uri)
