@@ -43,13 +43,14 @@ def is_loopback(host: str) -> bool:
 
 
 def _url_secret(url: str) -> tuple[str, str | None]:
-    """(host, password) of one URL. An AMQP URL without credentials logs in as guest/guest
-    (kombu's default), so its password is ``guest``; other URLs without one give None."""
+    """(host, password) of one URL. An AMQP URL without a password (``amqp://guest@host//``,
+    ``amqp://guest:@host//``, or none at all) logs in with kombu's default password ``guest``;
+    other URLs without one give None."""
     parts = urlsplit(url.strip())
-    if parts.password is not None:
+    if parts.password:
         password: str | None = unquote(parts.password)
-    elif parts.scheme.startswith(("amqp", "pyamqp")) and parts.username is None:
-        password = "guest"
+    elif parts.scheme.startswith(("amqp", "pyamqp")):
+        password = "guest"  # no password (or an empty one): kombu logs in with guest's
     else:
         password = None
     return parts.hostname or "", password

@@ -7,6 +7,7 @@ CI override them through the environment. Nothing secret lives here beyond MinIO
 from __future__ import annotations
 
 import os
+import stat
 from functools import lru_cache
 from pathlib import Path
 
@@ -148,7 +149,11 @@ class Settings(BaseSettings):
         folder = base / name if name else base
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         for part in (base, folder):
-            if part.stat().st_mode & 0o077:
+            status = part.lstat()
+            if stat.S_ISLNK(status.st_mode) or status.st_uid != os.geteuid():
+                # planted by someone else (or a link to somewhere else): never work in it
+                raise PermissionError(f"{part} is not a folder of this user's own")
+            if status.st_mode & 0o077:
                 part.chmod(0o700)
         return folder
 

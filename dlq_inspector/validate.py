@@ -16,6 +16,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,57 @@ SHORTSTR = 255
 LINE_KEYS = frozenset({"v", "id", "body", "properties", "headers"})
 STRING_PROPERTIES = ("correlation_id", "message_id", "type", "app_id", "reply_to", "cluster_id")
 EMBED_KEYS = frozenset({"callbacks", "errbacks", "chain", "chord"})
+#: The headers a message of this system carries: Celery's protocol 2, the broker's dead-lettering
+#: and delayed delivery, and ours. Anything else is refused on import.
+KNOWN_HEADERS = frozenset(
+    {
+        "lang",
+        "task",
+        "id",
+        "shadow",
+        "eta",
+        "expires",
+        "group",
+        "group_index",
+        "retries",
+        "timelimit",
+        "root_id",
+        "parent_id",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "ignore_result",
+        "replaced_task_nesting",
+        "stamped_headers",
+        "stamps",
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+        "x-delay",
+        "CC",
+        "BCC",
+        REPLAY_COUNT_HEADER,
+    }
+)
+#: An imported message may carry an ``eta`` (a retry's countdown that passed) at most this far
+#: ahead: further, a worker would hold it unacked instead of running it.
+ETA_SLACK_S = 60.0
+
+
+def _due_soon(eta: Any) -> bool:
+    try:
+        when = datetime.fromisoformat(str(eta))
+    except ValueError:
+        return False
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return when <= datetime.now(UTC) + timedelta(seconds=ETA_SLACK_S)
+
+
 _DIGITS = re.compile(r"[0-9]{1,10}")
 
 
@@ -120,6 +172,14 @@ def header_problems(headers: dict[str, Any]) -> list[str]:
     for name in ROUTING_HEADERS:
         if name in headers:
             problems.append(f"a {name} header (it routes copies to the queues it names)")
+    unknown = sorted(str(name) for name in headers if name not in KNOWN_HEADERS)
+    if unknown:
+        problems.append(f"headers this system never writes: {', '.join(unknown)}")
+    eta = headers.get("eta")
+    if eta not in (None, "") and not _due_soon(eta):
+        # a worker holds an ETA message unacked until it is due: far off, it sits there until
+        # the broker's consumer timeout closes the channel, with every task in flight on it
+        problems.append(f"eta {eta!r} is not a time within {ETA_SLACK_S:.0f}s from now")
     task = headers.get("task")
     if task is None:
         problems.append("no task header: not a Celery task message")
@@ -158,6 +218,11 @@ def body_problems(body: bytes) -> list[str]:
     if not set(decoded[2]) <= EMBED_KEYS:
         extra = sorted(set(decoded[2]) - EMBED_KEYS)
         return [f"the body's embed has unknown keys {extra} (Celery's: {sorted(EMBED_KEYS)})"]
+    # Our tasks never chain: a callback, errback, chain or chord would have a worker publish
+    # whatever signature it holds, to any exchange or queue, after the task ran.
+    linked = sorted(key for key, value in decoded[2].items() if value)
+    if linked:
+        return [f"the body links other tasks ({', '.join(linked)}): our tasks never do"]
     return []
 
 

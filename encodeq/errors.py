@@ -25,3 +25,9 @@ class InputError(PermanentError):
 
 class EncodeError(PermanentError):
     """ffmpeg failed on an input that probed fine."""
+
+
+#: Codes of a job failed at upload because its probe may not have reached the broker. The publish
+#: may have gone through all the same (a confirm lost with the connection): a probe that then
+#: arrives finds the job failed with one of these and does its work after all.
+PUBLISH_ERRORS = ("broker_unavailable", "publish_failed")

@@ -7,7 +7,8 @@ written only by the task encoding that rendition: ``<job>/renditions/<name>.json
 completed (write-once in effect: nothing but another completion ever writes it) and
 ``<job>/renditions/<name>.live.json`` while it is pending, encoding or failed. A late duplicate of
 an encode (a redelivery after the rung was done) can only touch the live record, which the
-completed one shadows, so it can never downgrade a finished rendition. ``JobStore.load`` joins them.
+completed one shadows, so it can never downgrade a finished rendition. Chunk records work the
+same way. ``JobStore.load`` joins them.
 """
 
 from __future__ import annotations
@@ -148,6 +149,15 @@ class Rendition(BaseModel):
     seam_check: SeamCheck | None = None
 
 
+class Requeues(BaseModel):
+    """How often, and when last, the janitor re-published the probe of a job that stayed queued
+    (``<job>/requeues.json``: its own object, so the janitor never writes the job document and
+    cannot undo a probe's claim with a stale copy)."""
+
+    count: int = 0
+    at: str = Field(default_factory=now_iso)
+
+
 class Manifest(BaseModel):
     job_id: str
     state: JobState = "queued"
@@ -160,14 +170,15 @@ class Manifest(BaseModel):
     error: ErrorInfo | None = None
     #: Requested at upload (None: chosen by the probe from the source's length), then resolved.
     mode: EncodeMode | None = None
+    #: Why the job is in its mode when that is not what was asked or chosen (a chunked job that
+    #: went per rung because its source could not be split as planned).
+    mode_reason: str | None = None
     chunks: ChunkPlan | None = None
     #: Errors of earlier failures that a replay reopened, oldest first.
     history: list[PastError] = Field(default_factory=list)
     #: The probe task that claimed the job (the first to find it queued): a second probe message
     #: (the janitor re-publishes one for a job that looks orphaned) finds it taken and does nothing.
     probe_task: str | None = None
-    #: How often the janitor re-published the probe of a job that stayed queued too long.
-    requeued: int = 0
 
     @property
     def finished(self) -> bool:
@@ -182,8 +193,9 @@ def _rendition_key(job_id: str, name: str, completed: bool = True) -> str:
     return f"{job_id}/renditions/{name}{'' if completed else '.live'}.json"
 
 
-def _chunk_key(job_id: str, index: int) -> str:
-    return f"{job_id}/chunks/{'audio' if index == AUDIO else f'{index:05d}'}.json"
+def _chunk_key(job_id: str, index: int, completed: bool = True) -> str:
+    name = "audio" if index == AUDIO else f"{index:05d}"
+    return f"{job_id}/chunks/{name}{'' if completed else '.live'}.json"
 
 
 #: The chunk index of the job's audio track (encoded once, for the whole source).
@@ -232,13 +244,19 @@ class JobStore:
         self.storage.put_json(JOBS, key, rendition.model_dump(mode="json"))
 
     def load_chunk(self, job_id: str, index: int) -> ChunkRecord | None:
-        doc = self.storage.get_json(JOBS, _chunk_key(job_id, index))
-        return None if doc is None else ChunkRecord.model_validate(doc)
+        """Like a rendition: the completed record wins over the live one."""
+        for completed in (True, False):
+            doc = self.storage.get_json(JOBS, _chunk_key(job_id, index, completed))
+            if doc is not None:
+                return ChunkRecord.model_validate(doc)
+        return None
 
     def save_chunk(self, job_id: str, record: ChunkRecord) -> None:
+        """Like a rendition: a second offer of a straggler starting late cannot overwrite the
+        completed record of the first."""
         record.updated_at = now_iso()
-        doc = record.model_dump(mode="json")
-        self.storage.put_json(JOBS, _chunk_key(job_id, record.index), doc)
+        key = _chunk_key(job_id, record.index, record.state == "completed")
+        self.storage.put_json(JOBS, key, record.model_dump(mode="json"))
 
     def set_state(self, job_id: str, state: JobState, error: ErrorInfo | None = None) -> Manifest:
         """Move the job to ``state``. A completed job is never failed afterwards (a late duplicate
@@ -266,6 +284,13 @@ class JobStore:
         manifest.state, manifest.error = state, None
         self.save(manifest)
         return True
+
+    def load_requeues(self, job_id: str) -> Requeues | None:
+        doc = self.storage.get_json(JOBS, f"{job_id}/requeues.json")
+        return None if doc is None else Requeues.model_validate(doc)
+
+    def save_requeues(self, job_id: str, requeues: Requeues) -> None:
+        self.storage.put_json(JOBS, f"{job_id}/requeues.json", requeues.model_dump(mode="json"))
 
     def job_ids(self) -> list[str]:
         return sorted(key.rstrip("/") for key in self.storage.list_keys(JOBS, recursive=False))

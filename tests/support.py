@@ -464,13 +464,19 @@ def celery_message(task: str, job: str | None = None, **headers: Any) -> tuple[b
 
 def kill_into_dlq(queue: str, messages: list[tuple[bytes, dict]]) -> None:
     """Publish to ``queue`` and reject each without requeue: real dead letters, reason rejected."""
+    _publish_and_reject("", queue, queue, messages)
+
+
+def _publish_and_reject(
+    exchange: str, routing_key: str, queue: str, messages: list[tuple[bytes, dict]]
+) -> int:
+    """Publish each message, then take as many from ``queue`` and reject them (no requeue)."""
     import amqp
 
     with broker() as conn:
-        raw = conn.connection
-        ch = raw.channel()
+        ch = conn.connection.channel()
         for body, props in messages:
-            ch.basic_publish(amqp.Message(body, **props), exchange="", routing_key=queue)
+            ch.basic_publish(amqp.Message(body, **props), exchange, routing_key)
         rejected = 0
         while rejected < len(messages):
             got = ch.basic_get(queue, no_ack=False)
@@ -479,6 +485,7 @@ def kill_into_dlq(queue: str, messages: list[tuple[bytes, dict]]) -> None:
             ch.basic_reject(got.delivery_tag, requeue=False)
             rejected += 1
         ch.close()
+    return rejected
 
 
 def queue_messages(name: str, consume: bool = False) -> list[Any]:
@@ -675,25 +682,13 @@ def kill_in_work_queue(routing_key: str, messages: list[tuple[bytes, dict]]) -> 
     letters whose x-death names that queue, the work exchange and the routing key, as a worker's
     reject leaves them. On a private vhost only (it rejects whatever the queue holds). Returns
     the queue's name."""
-    import amqp
-
     from config.topology import TASK_ROUTES, WORK_EXCHANGE, declare_topology
 
     queue = next(q for q, key in TASK_ROUTES.values() if key == routing_key)
     before = queue_state(DEAD_LETTER_QUEUE_NAME)[0]
     with broker() as conn:
         declare_topology(conn)
-        ch = conn.connection.channel()
-        for body, props in messages:
-            ch.basic_publish(amqp.Message(body, **props), WORK_EXCHANGE.name, routing_key)
-        rejected = 0
-        while rejected < len(messages):
-            got = ch.basic_get(queue, no_ack=False)
-            if got is None:
-                continue
-            ch.basic_reject(got.delivery_tag, requeue=False)
-            rejected += 1
-        ch.close()
+    rejected = _publish_and_reject(WORK_EXCHANGE.name, routing_key, queue, messages)
     # Quorum queues dead-letter at least once, through their own process: wait for the copies.
     wanted = before + rejected
     wait_for(lambda: queue_state(DEAD_LETTER_QUEUE_NAME)[0] >= wanted, 30, "the dead letters")

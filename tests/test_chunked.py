@@ -371,6 +371,7 @@ def test_a_seam_check_failure_fails_the_job(workers, media_dir: Path) -> None:
     assert f"{job_id}/chunks/src/00000.mp4" in kept and f"{job_id}/chunks/360p/00000.ts" in kept
 
 
+@pytest.mark.slow
 def test_a_straggler_is_offered_to_a_second_worker(workers, media_dir: Path) -> None:
     source = make_source(media_dir / "straggler.mp4", 640, 360, duration=12)
     env = {**CHUNKED_ENV, "ENCODEQ_STRAGGLER_MIN_S": "2", "ENCODEQ_STRAGGLER_FACTOR": "2"}

@@ -491,6 +491,7 @@ def test_compose_worker_command_consumes_and_completes_a_job(
     assert compose_worker.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_compose_worker_stops_warm_within_its_grace_period(services: dict) -> None:
     """`docker compose stop` sends stop_signal, then waits stop_grace_period: a warm shutdown
     leaves the work queues and exits 0."""
@@ -523,6 +524,7 @@ def basic(credentials: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
 
 
+@pytest.mark.slow
 def test_flower_command_asks_for_a_password_and_sees_the_worker(
     compose_worker, services: dict
 ) -> None:

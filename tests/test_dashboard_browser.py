@@ -151,6 +151,7 @@ def test_upload_watch_progress_and_play(page: Any, media_dir: Path) -> None:
     assert signed, segment_requests  # segments came from S3, through presigned URLs
 
 
+@pytest.mark.slow
 def test_broken_upload_lands_in_the_dlq_and_replays_after_the_fix(
     page: Any, media_dir: Path
 ) -> None:

@@ -169,6 +169,7 @@ def _forge_into_dlq(message: tuple[bytes, dict], queue: str, exchange: str, key:
         ch.close()
 
 
+@pytest.mark.slow
 def test_replay_keeps_what_it_may_not_send_and_says_why() -> None:
     """Only the work queues (and the parked queue) take replays, whatever x-death says; a message
     with CC/BCC or a user_id goes nowhere. Kept messages stay in the DLQ, in order, with the

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 from observe import Events
 from support import (
     CONTROL_QUEUE_NAME,
@@ -134,6 +135,7 @@ def _ffmpeg_of(job_id: str, rendition: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_late_duplicate_encode_cannot_break_a_completed_job(workers, media_dir, tmp_path):
     """Hold one rung's ffmpeg (SIGSTOP), deliver a duplicate of that encode, let the job
     complete, then resume and kill the held copy: the job stays completed and plays."""
@@ -254,7 +256,7 @@ def test_the_janitor_requeues_orphans_and_a_slow_probe_runs_once(workers, media_
         seen = events.collect()
         assert count(seen, "job.probing", slow) == 1
         assert count(seen, "job.encoding", slow) == 1
-        assert jobs().load(orphan).requeued >= 1
+        assert jobs().load_requeues(orphan).count >= 1
     for job_id in (orphan, slow):
         manifest = jobs().load(job_id)
         for r in manifest.renditions:
@@ -356,6 +358,7 @@ ROUNDS: list[tuple[str, list[tuple[str, str, bool, str]]]] = [
 ]
 
 
+@pytest.mark.slow
 def test_every_kind_of_dead_letter_replays_to_a_completed_job_or_back_to_the_dlq(
     workers, media_dir, tmp_path
 ) -> None:

@@ -72,6 +72,7 @@ def assert_renditions_exactly_once(job_id: str) -> None:
         assert len(keys) == r.segments + 1, (r.name, keys)  # segments + playlist, no strays
 
 
+@pytest.mark.slow
 def test_broker_restart_loses_nothing(workers, media_dir, broker_outage) -> None:
     workers.start("r1")
     workers.start("r2")
@@ -106,6 +107,7 @@ def test_broker_restart_loses_nothing(workers, media_dir, broker_outage) -> None
     assert all(w.proc.poll() is None for w in workers.workers)
 
 
+@pytest.mark.slow
 def test_poison_input_does_not_block_other_jobs(workers, media_dir) -> None:
     fleet = {"p1": workers.start("p1"), "p2": workers.start("p2")}
     poison = make_video(media_dir / "poison-long.mp4", 426, 240, duration=30)

@@ -191,48 +191,17 @@ def test_a_time_list_of_forced_keyframes_misses_by_a_frame_at_2997_fps(tmp_path:
     1001/30000 s at 29.97 fps, so a keyframe asked for at 32 s lands on frame 959 (31.999 s),
     before the first frame at or after 32 s (960) where a time-based cut counts from."""
     source = make_clip(tmp_path / "2997.mp4", "29.97", 34, "2s")
-    out = tmp_path / "forced.mp4"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-nostdin",
-            "-i",
-            str(source),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-force_key_frames",
-            "32",
-            str(out),
-        ],
-        check=True,
-        timeout=120,
-    )
-    listing = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=flags",
-            "-of",
-            "csv=p=0",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.split()
-    keyframes = [i for i, flags in enumerate(listing) if "K" in flags]
-    assert 959 in keyframes and 960 not in keyframes
+    by_time = keyframes_when_forced(source, "32", tmp_path / "by-time.mp4")
+    assert 959 in by_time and 960 not in by_time
     # the expression on frame numbers the accurate split uses lands where it is asked to
-    expression = "expr:" + chunking.keyframe_expression([960])
+    by_number = keyframes_when_forced(
+        source, "expr:" + chunking.keyframe_expression([960]), tmp_path / "by-number.mp4"
+    )
+    assert 960 in by_number and 959 not in by_number
+
+
+def keyframes_when_forced(source: Path, force: str, out: Path) -> list[int]:
+    """Frame numbers of the keyframes x264 writes with ``-force_key_frames FORCE``."""
     subprocess.run(
         [
             "ffmpeg",
@@ -247,7 +216,7 @@ def test_a_time_list_of_forced_keyframes_misses_by_a_frame_at_2997_fps(tmp_path:
             "-preset",
             "ultrafast",
             "-force_key_frames",
-            expression,
+            force,
             str(out),
         ],
         check=True,
@@ -271,7 +240,7 @@ def test_a_time_list_of_forced_keyframes_misses_by_a_frame_at_2997_fps(tmp_path:
         check=True,
         timeout=60,
     ).stdout.split()
-    assert "K" in listing[960] and "K" not in listing[959]
+    return [i for i, flags in enumerate(listing) if "K" in flags]
 
 
 def test_a_copy_cut_that_misses_its_plan_hands_the_rest_to_the_accurate_split(
@@ -324,3 +293,135 @@ def test_reading_the_packets_stops_once_they_pass_the_limits(media_dir: Path) ->
     with pytest.raises(InputError) as refused:
         chunking.plan(source, 25.0, settings)
     assert refused.value.code == "too_long" and "more than 240 frames" in refused.value.message
+
+
+def decoded_frames(path: Path) -> int:
+    """Frames a decoder shows (what a viewer sees), counted by ffprobe."""
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(out.stdout.strip())
+
+
+@pytest.mark.parametrize("trim", [0.5, 1.5, 2.3])
+def test_frames_an_edit_list_trims_are_not_planned_or_kept(tmp_path: Path, trim: float) -> None:
+    """A trimmed stream copy (``-ss T -c copy``: what phones and editors do) keeps the packets
+    before the trim point, marked discard: they are not frames of the video, so the plan does
+    not count them and no chunk shows them."""
+    source = make_clip(tmp_path / "full.mp4", "30", 6, "2s")
+    trimmed = tmp_path / "trimmed.mp4"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-nostdin",
+            "-y",
+            "-ss",
+            str(trim),
+            "-i",
+            str(source),
+            "-c",
+            "copy",
+            str(trimmed),
+        ],
+        check=True,
+        timeout=60,
+    )
+    shown = decoded_frames(trimmed)
+    settings = Settings(chunk_seconds=2, segment_seconds=2)
+    split_plan = chunking.plan(trimmed, 30.0, settings)
+    assert split_plan.frames == sum(split_plan.chunks.frames) == shown
+    handed: list[Path] = []
+    chunking.split(
+        trimmed,
+        tmp_path / "chunks",
+        split_plan,
+        settings,
+        lambda _index, path: handed.append(path),
+        lambda _reason: None,
+    )
+    assert [decoded_frames(p) for p in handed] == split_plan.chunks.frames
+
+
+def test_audio_that_does_not_line_up_with_the_video_goes_per_rung(tmp_path: Path) -> None:
+    """Chunked mode encodes audio and video apart and lays them side by side: an offset between
+    them (audio starting half a second late) would be lost, so such a source is encoded per rung."""
+    from worker.chunked_tasks import plan
+
+    video = make_clip(tmp_path / "video.mp4", "25", 8, "2s")
+    late = tmp_path / "late-audio.mp4"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-nostdin",
+            "-y",
+            "-i",
+            str(video),
+            "-itsoffset",
+            "0.5",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=d=7.5",
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c:v",
+            "copy",
+            "-c:a",
+            "aac",
+            str(late),
+        ],
+        check=True,
+        timeout=60,
+    )
+    in_sync = tmp_path / "in-sync.mp4"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-nostdin",
+            "-y",
+            "-i",
+            str(video),
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=d=8",
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c:v",
+            "copy",
+            "-c:a",
+            "aac",
+            str(in_sync),
+        ],
+        check=True,
+        timeout=60,
+    )
+    settings = Settings()
+    assert "audio and video differ" in (plan(late, probe(late, settings)).per_rung or "")
+    assert plan(in_sync, probe(in_sync, settings)).per_rung is None

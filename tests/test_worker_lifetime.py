@@ -61,6 +61,7 @@ def _dies_with(what: str, scratch: str) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_ffmpeg_dies_with_its_task_and_a_restart_sweeps_what_the_task_left(
     workers, media_dir: Path, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from celery import Task
+from minio.error import S3Error
 
 from config.ladder import RenditionPlan
 from config.retry_policy import retry_options
@@ -62,6 +63,13 @@ def plan(source: Path, result: ProbeResult) -> chunking.SplitPlan:
     Packets ffprobe cannot list plan the job per rung: chunking is a way to encode, not a verdict
     on the source (the per-rung encode gives that)."""
     settings = get_settings()
+    allowed = settings.seam_av_tolerance_s + 1 / result.frame_rate
+    if result.has_audio and result.av_mismatch_s > allowed:
+        return chunking.not_chunked(
+            f"audio and video differ by {result.av_mismatch_s:.3f}s in start or length (chunked "
+            "mode encodes them apart and could not keep that)",
+            settings,
+        )
     try:
         return chunking.plan(source, result.frame_rate, settings)
     except process.ProcessFailed as exc:
@@ -114,6 +122,12 @@ def cut_and_fan_out(
         chunking.split(source, folder / "chunks", split_plan, settings, ready, fallback)
     except chunking.SplitImpossible as exc:
         _encode_per_rung(jobs, job_id, str(exc))
+    except EncodeError as exc:
+        if exc.code != "output_too_large":
+            raise
+        # The lossless split of a long source can outgrow the cap: the split stops there (the
+        # cap holds), and the source is encoded per rung, whose encodes obey the cap too.
+        _encode_per_rung(jobs, job_id, f"the split stopped at the output cap: {exc.message}")
 
 
 def _encode_per_rung(jobs: JobStore, job_id: str, reason: str) -> None:
@@ -122,7 +136,7 @@ def _encode_per_rung(jobs: JobStore, job_id: str, reason: str) -> None:
     longer chunked and finish without doing anything (``_chunked_manifest``). Published by name:
     the per-rung tasks' module imports this one."""
     current = load_job(jobs, job_id)
-    current.mode, current.chunks = "per-rung", None
+    current.mode, current.chunks, current.mode_reason = "per-rung", None, reason
     current.source = current.source.model_copy(update={"frames": None})
     jobs.save(current)
     logger.warning("job %s: %s; encoding it per rung instead", job_id, reason)
@@ -191,7 +205,18 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
     started = time.monotonic()
     expected = manifest.chunks.frames[index]
     with workdir(job_id) as folder:
-        chunk = host_cache.fetch(storage, job_id, UPLOADS, _chunk_source_key(job_id, index))
+        try:
+            chunk = host_cache.fetch(storage, job_id, UPLOADS, _chunk_source_key(job_id, index))
+        except S3Error as exc:
+            # A second offer of a straggler that started late: the first won, the job completed
+            # and finalize removed the chunks. Nothing is left to do, which is no failure.
+            won = jobs.load_chunk(job_id, index)
+            if exc.code == "NoSuchKey" and won is not None and won.state == "completed":
+                emit(
+                    "chunk.discarded", job_id=job_id, chunk=index, worker=worker, winner=won.worker
+                )
+                return
+            raise
         outputs = {plan.name: folder / f"{plan.name}.ts" for plan in plans}
         encode_started = time.monotonic()
         try:
@@ -212,9 +237,13 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
                     "chunk_incomplete", f"chunk {index} {name}: {frames} frames, not {expected}"
                 )
         won = jobs.load_chunk(job_id, index)
-        if won is not None and won.state == "completed" and won.task_id != self.request.id:
-            # The other offer finished first; its outputs are already there (deterministic keys).
-            emit("chunk.discarded", job_id=job_id, chunk=index, worker=worker, winner=won.worker)
+        if (won is not None and won.state == "completed" and won.task_id != self.request.id) or (
+            load_job(jobs, job_id).state == "completed"
+        ):
+            # The other offer finished first (its outputs are already there: deterministic keys),
+            # or the job is even done: uploading now would leave objects finalize removed.
+            winner = won.worker if won is not None else None
+            emit("chunk.discarded", job_id=job_id, chunk=index, worker=worker, winner=winner)
             return
         for name, path in outputs.items():
             key = _chunk_output_key(job_id, name, index)

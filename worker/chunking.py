@@ -70,6 +70,9 @@ class Packets:
     keyframe: Sequence[int]
     durations: Sequence[float]
     timed: bool = True
+    #: Packets an edit list marks to be discarded (decoded for reference, never shown): not
+    #: frames of the output, and a stream copy would show them, so they refuse the copy split.
+    discarded: int = 0
 
     @property
     def frames(self) -> int:
@@ -105,7 +108,7 @@ def video_packets(
     safe = [] if trusted else safe_input_args()
     argv = ["ffprobe", "-v", "error", *safe, *listing.split(), "-of", "compact=p=0", str(path)]
     times, durations, keyframe = array("d"), array("d"), bytearray()
-    untimed = [0]
+    untimed, discarded = [0], [0]
 
     def on_line(line: str) -> None:
         fields = dict(field.partition("=")[::2] for field in line.rstrip("\r\n").split("|"))
@@ -117,6 +120,9 @@ def video_packets(
                 f"the video holds more than {limit} frames: over {settings.max_duration_s:.0f}s "
                 f"at up to {MAX_FRAME_RATE} fps",
             )
+        if "D" in fields["flags"]:
+            discarded[0] += 1
+            return
         pts = _number(fields.get("pts_time"))
         if pts is None:
             untimed[0] += 1
@@ -128,7 +134,7 @@ def video_packets(
     # the source's listing may be long (hours at a high frame rate): the task's own time limit
     timeout = settings.encode_time_limit_s if limit is not None else settings.probe_timeout_s * 4
     process.run(argv, timeout_s=timeout, on_line=on_line)
-    return Packets(times, keyframe, durations, timed=untimed[0] == 0)
+    return Packets(times, keyframe, durations, timed=untimed[0] == 0, discarded=discarded[0])
 
 
 @dataclass(frozen=True)
@@ -298,6 +304,8 @@ def _copy_refused(packets: Packets) -> str | None:
         return "the source's packets carry no presentation times (a stream copy cannot be planned)"
     if not packets.keyframe[0]:
         return "the source does not start on a keyframe"
+    if packets.discarded:
+        return f"an edit list trims {packets.discarded} frames (a stream copy would show them)"
     return None
 
 

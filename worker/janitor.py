@@ -26,7 +26,7 @@ from typing import Any
 from celery import bootsteps
 
 from config.settings import Settings, get_settings
-from encodeq.manifest import JobStore, Manifest
+from encodeq.manifest import JobStore, Manifest, Requeues
 from encodeq.storage import UPLOADS, Storage
 from worker.events import emit
 from worker.failure_handling import flush_outbox
@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 OUTBOX_EVERY_S = 2.0
 
 
-def _age_s(manifest: Manifest, now: datetime) -> float:
-    return (now - datetime.fromisoformat(manifest.updated_at)).total_seconds()
+def _seconds_since(iso: str, now: datetime) -> float:
+    return (now - datetime.fromisoformat(iso)).total_seconds()
 
 
 @dataclass
@@ -50,16 +50,16 @@ class Sweep:
     expired: dict[str, int] = field(default_factory=dict)
 
 
-def requeue(jobs: JobStore, manifest: Manifest) -> None:
-    """Publish the probe of a job that stayed queued too long. Recorded first (so the next sweep
-    waits another ``orphan_after_s``); a publish that fails leaves it queued for the next one."""
-    manifest.requeued += 1
-    jobs.save(manifest)
+def requeue(jobs: JobStore, manifest: Manifest, requeues: Requeues | None) -> int:
+    """Publish the probe of a job that stayed queued too long; how often it was. Recorded first
+    (so the next sweep waits another ``orphan_after_s``); a publish that fails leaves it for the
+    next one. Only the job's requeue record is written, never the job document."""
+    count = (requeues.count if requeues else 0) + 1
+    jobs.save_requeues(manifest.job_id, Requeues(count=count))
     probe.apply_async(args=[manifest.job_id])
-    emit("job.requeued", job_id=manifest.job_id, requeued=manifest.requeued)
-    logger.warning(
-        "job %s stayed queued; probe published again (%d)", manifest.job_id, manifest.requeued
-    )
+    emit("job.requeued", job_id=manifest.job_id, requeued=count)
+    logger.warning("job %s stayed queued; probe published again (%d)", manifest.job_id, count)
+    return count
 
 
 def sweep(storage: Storage, settings: Settings, now: datetime | None = None) -> Sweep:
@@ -71,9 +71,12 @@ def sweep(storage: Storage, settings: Settings, now: datetime | None = None) -> 
         manifest = jobs.load_job(job_id)
         if manifest is None:
             continue
-        age = _age_s(manifest, now)
+        age = _seconds_since(manifest.updated_at, now)
         if manifest.state == "queued" and age > settings.orphan_after_s:
-            requeue(jobs, manifest)
+            requeues = jobs.load_requeues(job_id)
+            if requeues is not None and _seconds_since(requeues.at, now) <= settings.orphan_after_s:
+                continue  # published again not long ago: give that probe its time
+            requeue(jobs, manifest, requeues)
             done.requeued.append(job_id)
         elif manifest.state == "failed" and age > settings.intermediates_ttl_s:
             removed = storage.remove_prefix(UPLOADS, f"{job_id}/chunks/")

@@ -15,7 +15,7 @@ import ffmpeg
 
 from config.settings import Settings
 from worker import encoder, process
-from worker.probe import ProbeResult
+from worker.probe import ProbeResult, read_limit_s
 
 
 def concat_list(chunks: list[Path], durations: list[float], path: Path) -> Path:
@@ -66,7 +66,9 @@ def join(
 
 
 def audio_args(source: Path, probe: ProbeResult, out: Path, settings: Settings) -> list[str]:
-    """The whole source's audio, once, with the same settings as per-rung mode (MPEG-TS)."""
-    stream = ffmpeg.input(str(source), **encoder.SAFE_INPUT_OPTIONS)["a:0"]
+    """The whole source's audio, once, with the same settings as per-rung mode (MPEG-TS), and
+    like every read of the source never much past its probed duration (``read_limit_s``)."""
+    bound = read_limit_s(probe.duration, settings)
+    stream = ffmpeg.input(str(source), t=f"{bound:.3f}", **encoder.SAFE_INPUT_OPTIONS)["a:0"]
     options = {**encoder.audio_options(probe, settings), "f": "mpegts"}
     return encoder.with_progress(ffmpeg.output(stream, str(out), **options))

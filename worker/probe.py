@@ -61,6 +61,9 @@ class ProbeResult:
     frame_rate: float
     video_codec: str
     has_audio: bool
+    #: How far audio and video disagree, in start time or length (s): chunked mode encodes them
+    #: apart and lays them side by side, so it cannot keep an offset between them.
+    av_mismatch_s: float = 0.0
 
 
 def safe_input_args() -> list[str]:
@@ -177,4 +180,26 @@ def check(info: dict[str, Any], settings: Settings) -> ProbeResult:
         frame_rate=frame_rate,
         video_codec=str(video.get("codec_name", "")),
         has_audio=any(s.get("codec_type") == "audio" for s in streams),
+        av_mismatch_s=_av_mismatch(video, streams),
     )
+
+
+def _av_mismatch(video: dict[str, Any], streams: list[dict[str, Any]]) -> float:
+    """The larger of the start-time and length differences between the video and the first
+    audio stream, where the file states both (0 without audio)."""
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if audio is None:
+        return 0.0
+    gaps = []
+    for field in ("start_time", "duration"):
+        v, a = _seconds(video.get(field)), _seconds(audio.get(field))
+        if v is not None and a is not None:
+            gaps.append(abs(v - a))
+    return max(gaps, default=0.0)
+
+
+def _seconds(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None

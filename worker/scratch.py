@@ -69,17 +69,21 @@ def folder(job_id: str) -> Iterator[Path]:
     if not is_job_id(job_id):
         raise ValueError(f"not a job id: {job_id!r}")
     base = root()
-    with _guard(base, exclusive=False):
-        path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{job_id}-", dir=base))
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # at most a moment: only a ``busy`` look can hold it
+    fd: int | None = None
     try:
+        # inside the try: a soft time limit landing here must not leak a held lock
+        with _guard(base, exclusive=False):
+            path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{job_id}-", dir=base))
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # at most a moment: only a ``busy`` look can hold it
         yield path
     finally:
         try:
-            shutil.rmtree(path, ignore_errors=True)  # still locked: no sweep races with this
+            if fd is not None:  # still locked: no sweep races with this
+                shutil.rmtree(path, ignore_errors=True)
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
 
 
 def busy(job_id: str) -> bool:

@@ -18,7 +18,7 @@ from celery import Task
 from config.ladder import RenditionPlan, choose_renditions
 from config.retry_policy import retry_options
 from config.settings import get_settings
-from encodeq.errors import EncodeError, PermanentError
+from encodeq.errors import PUBLISH_ERRORS, EncodeError, PermanentError
 from encodeq.manifest import EncodeMode, JobStore, Rendition
 from encodeq.storage import RENDITIONS, Storage
 from worker import chunked_tasks, encoder, host_cache, process
@@ -55,6 +55,8 @@ def probe(self: Task, job_id: str) -> None:
     jobs = JobStore(storage)
     manifest = load_job(jobs, job_id)
     reopen_if_replayed(self, jobs, manifest, "queued")
+    if manifest.state == "failed" and manifest.error and manifest.error.code in PUBLISH_ERRORS:
+        jobs.reopen(manifest, "queued")  # the upload's publish went through after all
     if manifest.state in ("completed", "failed"):
         return  # done, or failed (only a replay, above, puts a failed job back to work)
     if manifest.state != "queued" and manifest.probe_task not in (None, self.request.id):
@@ -217,8 +219,9 @@ def finalize(self: Task, job_id: str) -> None:
         storage.download(RENDITIONS, segments[len(segments) // 3], segment)
         poster = encoder.poster(segment, folder / "poster.jpg", get_settings())
         poster_uri = storage.put_file(RENDITIONS, f"{job_id}/poster.jpg", poster, "image/jpeg")
-    if manifest.mode == "chunked":
-        chunked_tasks.remove_intermediates(storage, job_id)
+    # In either mode: a job that went per rung when its split could not meet the plan may have
+    # chunks uploaded already.
+    chunked_tasks.remove_intermediates(storage, job_id)
     job = jobs.load_job(job_id)  # again: a failure handler may have written it meanwhile
     assert job is not None
     # Every rendition is done, so the job is: a failure recorded meanwhile (a late duplicate
