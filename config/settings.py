@@ -137,6 +137,13 @@ class Settings(BaseSettings):
     dashboard_s3_access_key: str = ""
     dashboard_s3_secret_key: str = ""
 
+    @property
+    def hard_time_limit_s(self) -> int:
+        """Celery's hard time limit, above the soft one: the soft one raises inside the task and
+        dead-letters; the hard one only fires if the task ignores it (and then Celery requeues,
+        so the delivery limit ends the loop)."""
+        return self.encode_time_limit_s + 30
+
     def private_dir(self, name: str = "") -> Path:
         """A folder only this user can enter (0700): ``work_dir``, else the user's cache folder
         (``$XDG_CACHE_HOME/encodeq``), never a shared /tmp where another user could plant

@@ -22,6 +22,7 @@ from typing import Any
 
 import amqp
 
+from config.settings import get_settings
 from config.topology import REPLAY_COUNT_HEADER, TASK_ROUTES
 from dlq_inspector.export import FORMAT_VERSION, from_doc
 from dlq_inspector.message import PROPERTY_NAMES, DeadLetter
@@ -42,46 +43,27 @@ SHORTSTR = 255
 LINE_KEYS = frozenset({"v", "id", "body", "properties", "headers"})
 STRING_PROPERTIES = ("correlation_id", "message_id", "type", "app_id", "reply_to", "cluster_id")
 EMBED_KEYS = frozenset({"callbacks", "errbacks", "chain", "chord"})
-#: The headers a message of this system carries: Celery's protocol 2, the broker's dead-lettering
-#: and delayed delivery, and ours. Anything else is refused on import.
-KNOWN_HEADERS = frozenset(
-    {
-        "lang",
-        "task",
-        "id",
-        "shadow",
-        "eta",
-        "expires",
-        "group",
-        "group_index",
-        "retries",
-        "timelimit",
-        "root_id",
-        "parent_id",
-        "argsrepr",
-        "kwargsrepr",
-        "origin",
-        "ignore_result",
-        "replaced_task_nesting",
-        "stamped_headers",
-        "stamps",
-        "x-death",
-        "x-first-death-exchange",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-last-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-        "x-delivery-count",
-        "x-delay",
-        "CC",
-        "BCC",
-        REPLAY_COUNT_HEADER,
-    }
-)
 #: An imported message may carry an ``eta`` (a retry's countdown that passed) at most this far
 #: ahead: further, a worker would hold it unacked instead of running it.
 ETA_SLACK_S = 60.0
+
+
+def _expired(expires: Any) -> bool:
+    try:
+        when = datetime.fromisoformat(str(expires))
+    except ValueError:
+        return True
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)) < datetime.now(UTC)
+
+
+def _within_limits(timelimit: Any) -> bool:
+    """``[hard, soft]`` seconds, each a number no larger than the workers' own."""
+    limit = get_settings().hard_time_limit_s
+    return (
+        isinstance(timelimit, list)
+        and len(timelimit) == 2
+        and all(isinstance(v, int | float) and 0 < v <= limit for v in timelimit)
+    )
 
 
 def _due_soon(eta: Any) -> bool:
@@ -172,14 +154,19 @@ def header_problems(headers: dict[str, Any]) -> list[str]:
     for name in ROUTING_HEADERS:
         if name in headers:
             problems.append(f"a {name} header (it routes copies to the queues it names)")
-    unknown = sorted(str(name) for name in headers if name not in KNOWN_HEADERS)
-    if unknown:
-        problems.append(f"headers this system never writes: {', '.join(unknown)}")
     eta = headers.get("eta")
     if eta not in (None, "") and not _due_soon(eta):
         # a worker holds an ETA message unacked until it is due: far off, it sits there until
         # the broker's consumer timeout closes the channel, with every task in flight on it
         problems.append(f"eta {eta!r} is not a time within {ETA_SLACK_S:.0f}s from now")
+    expires = headers.get("expires")
+    if expires not in (None, "") and _expired(expires):
+        # a worker acks an expired task without running it: imported, it would vanish
+        problems.append(f"expires {expires!r} has passed (a worker would drop it unrun)")
+    timelimit = headers.get("timelimit")
+    if timelimit not in (None, [None, None]) and not _within_limits(timelimit):
+        # the message's own limits replace the worker's: none, or huge, and nothing stops it
+        problems.append(f"timelimit {timelimit!r} is not within the workers' own limits")
     task = headers.get("task")
     if task is None:
         problems.append("no task header: not a Celery task message")

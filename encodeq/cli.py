@@ -69,6 +69,10 @@ def worker(
             f"--loglevel={loglevel}",
             f"--hostname={name}",
             f"--queues={queues}",
+            # Mingle asks the other workers (over remote control, off by default) for revoked
+            # task ids and waits a second for answers that cannot come; gossip is for it too.
+            "--without-mingle",
+            "--without-gossip",
         ]
     )
 

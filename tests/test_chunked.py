@@ -337,6 +337,7 @@ def resume(worker) -> None:
         os.killpg(worker.pid, signal.SIGCONT)
 
 
+@pytest.mark.slow
 def test_a_seam_check_failure_fails_the_job(workers, media_dir: Path) -> None:
     source = make_source(media_dir / "seams.mp4", 640, 360, duration=12)
     alpha = workers.start("seam-a", env=CHUNKED_ENV)

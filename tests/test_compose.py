@@ -54,7 +54,6 @@ from config.settings import Settings
 from encodeq import s3_users
 from encodeq.s3server import free_port
 from encodeq.storage import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
-from worker.app import HARD_LIMIT_MARGIN_S
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -142,12 +141,13 @@ def rabbitmq_conf() -> dict[str, str]:
     return conf
 
 
-def effective_time_limit_s(worker: dict[str, Any]) -> int:
-    """The encode soft limit the compose worker runs with: its environment, else the default."""
+def hard_time_limit_s(worker: dict[str, Any]) -> int:
+    """Celery's hard limit in the compose worker: from its environment's soft limit, else the
+    default."""
     value = environment(worker).get("ENCODEQ_ENCODE_TIME_LIMIT_S")
-    if value is not None:
-        return int(interpolate(value))
-    return int(Settings.model_fields["encode_time_limit_s"].default)
+    if value is None:
+        return Settings().hard_time_limit_s
+    return Settings(encode_time_limit_s=int(interpolate(value))).hard_time_limit_s
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -228,7 +228,7 @@ def test_consumer_timeout_outlasts_the_longest_encode(services: dict) -> None:
     """RabbitMQ closes a channel holding a delivery longer than consumer_timeout (milliseconds);
     a late-acked encode holds its delivery up to the hard time limit."""
     timeout_ms = int(rabbitmq_conf()["consumer_timeout"])
-    hard_limit_s = effective_time_limit_s(services["worker"]) + HARD_LIMIT_MARGIN_S
+    hard_limit_s = hard_time_limit_s(services["worker"])
     assert timeout_ms / 1000 > hard_limit_s
 
 
@@ -260,7 +260,7 @@ def test_worker_waits_for_healthy_services_and_stops_warm(services: dict) -> Non
         assert worker["depends_on"][dependency]["condition"] == "service_healthy"
         assert services[dependency]["healthcheck"]["test"]
     assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"  # Celery's warm shutdown
-    hard_limit_s = effective_time_limit_s(worker) + HARD_LIMIT_MARGIN_S
+    hard_limit_s = hard_time_limit_s(worker)
     assert duration_s(worker["stop_grace_period"]) >= hard_limit_s
     assert services["flower"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
 

@@ -100,6 +100,7 @@ def crash_loop(queue: str, headers: dict) -> None:
     wait_for(died_again, 30, "the delivery limit to dead-letter the message")
 
 
+@pytest.mark.slow
 def test_every_death_shows_why(fleet, tmp_path: Path) -> None:
     job_id = upload_garbage(tmp_path)
     unknown = f"dlqtest.no_such_task.{uuid.uuid4().hex[:8]}"
@@ -201,6 +202,7 @@ def test_replay_after_fixing_the_source_completes_the_job(fleet, tmp_path: Path)
 
 
 # --- what a message must not be able to do through a worker ------------------------------------
+@pytest.mark.slow
 def test_a_task_id_never_becomes_a_storage_key(fleet) -> None:
     """Failure records are keyed by a digest of the task id: ids shaped like paths into the audit
     trail, or longer than an S3 key may be, still get their record, and the history shows only
@@ -274,6 +276,7 @@ def _ran_a_message() -> str:
     return key
 
 
+@pytest.mark.slow
 def test_workers_take_no_remote_control_unless_told(fleet, workers) -> None:
     """A worker has no ``celery.pidbox`` consumer, so a shutdown broadcast (or a dead letter
     claiming to come from a pidbox queue) cannot stop it; ENCODEQ_REMOTE_CONTROL=1 turns remote

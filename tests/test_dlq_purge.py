@@ -254,6 +254,7 @@ def _nothing_published() -> dict[str, int]:
     return {q: queue_state(q)[0] for q in queues}
 
 
+@pytest.mark.slow
 def test_import_checks_every_line_first_and_publishes_nothing_when_one_is_bad(
     tmp_path: Path,
 ) -> None:

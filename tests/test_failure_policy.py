@@ -246,6 +246,7 @@ def test_crash_loop_ends_in_the_dlq_at_the_delivery_limit(workers, media_dir) ->
 
 
 # --- too slow ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_soft_time_limit_dead_letters_instead_of_looping(workers, media_dir) -> None:
     workers.start("slow", env={"ENCODEQ_ENCODE_TIME_LIMIT_S": "2",
                                "ENCODEQ_X264_PRESET": "veryslow"})  # fmt: skip
@@ -262,6 +263,7 @@ def test_soft_time_limit_dead_letters_instead_of_looping(workers, media_dir) -> 
 
 
 # --- duplicates are harmless ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_redelivery_and_double_finalize_change_nothing(workers, media_dir) -> None:
     from worker.app import app
 

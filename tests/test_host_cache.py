@@ -165,6 +165,7 @@ def test_a_finished_job_leaves_no_entries_on_any_host(
     wait_for(lambda: not any(p.exists() for p in left), 30, "every host to drop both jobs")
 
 
+@pytest.mark.slow
 def test_a_sibling_failure_leaves_the_cache_to_a_task_still_reading_it(
     workers, media_dir: Path, tmp_path: Path
 ) -> None:

@@ -51,6 +51,7 @@ def start_watch(*args: str) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_watch_starts_from_the_manifest_then_follows_workers_live(
     fleet: WorkerFleet, media_dir: Path
 ) -> None:

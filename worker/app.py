@@ -14,10 +14,6 @@ from config.topology import CONTROL_QUEUE_NAME, TASK_ROUTES, WORK_EXCHANGE, work
 from encodeq.errors import PermanentError
 from worker.failure_handling import DeclareTopology
 
-#: Above the soft limit: the soft one raises inside the task and dead-letters; the hard one only
-#: fires if the task ignores it (and then Celery requeues, so the delivery limit ends the loop).
-HARD_LIMIT_MARGIN_S = 30
-
 
 class EncodeqTask(Task):
     Request = "worker.failure_handling:RecordingRequest"
@@ -57,7 +53,7 @@ def create_app() -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         task_soft_time_limit=settings.encode_time_limit_s,
-        task_time_limit=settings.encode_time_limit_s + HARD_LIMIT_MARGIN_S,
+        task_time_limit=settings.hard_time_limit_s,
         # Task events for Flower.
         worker_send_task_events=True,
         # Remote control (the celery.pidbox broadcast queue) only where Flower needs it: a message

@@ -192,13 +192,15 @@ def _av_mismatch(video: dict[str, Any], streams: list[dict[str, Any]]) -> float:
         return 0.0
     gaps = []
     for field in ("start_time", "duration"):
-        v, a = _seconds(video.get(field)), _seconds(audio.get(field))
+        v, a = _stated(video.get(field)), _stated(audio.get(field))
         if v is not None and a is not None:
             gaps.append(abs(v - a))
     return max(gaps, default=0.0)
 
 
-def _seconds(text: Any) -> float | None:
+def _stated(text: Any) -> float | None:
+    """A time the file states, or None where it states none (unlike ``_seconds``: 0 is a
+    start time, not a missing one)."""
     try:
         return float(text)
     except (TypeError, ValueError):
