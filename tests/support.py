@@ -167,6 +167,36 @@ def make_mid_gop_ts(path: Path) -> Path:
     return path
 
 
+def decoded_frames(path: Path) -> int:
+    """Frames a decoder shows (what a viewer sees), counted by ffprobe."""
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(out.stdout.strip())
+
+
+def ffmpeg(*args: str) -> None:
+    """Run ffmpeg quietly (sample media for a test), overwriting its output."""
+    command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args]
+    subprocess.run(command, check=True, timeout=120)
+
+
 def ffprobe(path_or_url: str) -> dict[str, Any]:
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", path_or_url],

@@ -8,7 +8,6 @@ user sees: the job's final state, its renditions, what sits in the DLQ.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from support import (
     CONTROL_QUEUE_NAME,
     ENCODE_QUEUE_NAME,
     death_reason,
+    decoded_frames,
     dlq_for,
     dlq_json,
     dlq_messages,
@@ -46,40 +46,12 @@ from uploader.submit import source_key
 CHUNKED_ENV = {"ENCODEQ_CHUNK_SECONDS": "2", "ENCODEQ_STRAGGLER_MIN_S": "600"}
 
 
-def frames_of(playlist: Path) -> int:
-    """Video frames of a rendition, decoded by ffprobe (an independent count)."""
-    out = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "json",
-            str(playlist),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return int(json.loads(out.stdout)["streams"][0]["nb_read_frames"])
-
-
-def source_frames(path: Path) -> int:
-    return frames_of(path)
-
-
 def assert_plays_every_frame(manifest: Manifest, expected: int, into: Path) -> None:
     assert manifest.state == "completed", manifest.error
     assert manifest.master_playlist
     for r in manifest.renditions:
         assert r.state == "completed" and r.playlist, r
-        assert frames_of(download_rendition(r.playlist, into / r.name)) == expected, r.name
+        assert decoded_frames(download_rendition(r.playlist, into / r.name)) == expected, r.name
 
 
 # --- 1: a replayed dead letter completes its job, in chunked mode too -----------------------------
@@ -111,7 +83,7 @@ def test_replaying_a_chunked_jobs_dead_letters_completes_it(workers, media_dir, 
         180,
         "the replayed job to complete",
     )
-    assert_plays_every_frame(manifest, source_frames(source), tmp_path)
+    assert_plays_every_frame(manifest, decoded_frames(source), tmp_path)
     # the failure is history, not lost; the chunk records were kept and completed
     assert [e.code for e in manifest.history][:1] == ["output_too_large"]
     assert manifest.error is None
@@ -193,7 +165,7 @@ def test_a_late_duplicate_encode_cannot_break_a_completed_job(workers, media_dir
     after = jobs().load(job_id)
     assert after.state == "completed" and after.error is None, after
     assert all(r.state == "completed" for r in after.renditions)
-    assert_plays_every_frame(after, source_frames(source), tmp_path)
+    assert_plays_every_frame(after, decoded_frames(source), tmp_path)
 
 
 # --- 4: no job is left queued without a message -----------------------------------------------
@@ -404,7 +376,7 @@ def test_every_kind_of_dead_letter_replays_to_a_completed_job_or_back_to_the_dlq
     for name, mode, _audio, _task in (job for _f, round_ in ROUNDS for job in round_):
         manifest = wait_for_job_state(job_of[name], "completed", 180)
         assert manifest.mode == mode and manifest.history[0].code == "injected_fault"
-        assert_plays_every_frame(manifest, source_frames(sources[name]), tmp_path / name)
+        assert_plays_every_frame(manifest, decoded_frames(sources[name]), tmp_path / name)
         assert not dlq_for(job_id=job_of[name]), f"a replayed message of {name} died again"
     # The hopeless two died again, each with its reason (a second death in x-death).
     back = wait_for(

@@ -10,21 +10,24 @@ import json
 import os
 import re
 import struct
-import subprocess
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from support import WorkerFleet, dlq_for, encodeq, make_clip, make_video, storage, upload_and_wait
+from support import (
+    WorkerFleet,
+    dlq_for,
+    encodeq,
+    ffmpeg,
+    make_clip,
+    make_video,
+    storage,
+    upload_and_wait,
+)
 
 from encodeq.failures import load_failure
 from encodeq.storage import UPLOADS
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True,
-                   timeout=120)  # fmt: skip
 
 
 def _good(folder: Path) -> Path:

@@ -22,7 +22,14 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from support import FRAME_RATES, GOP_KINDS, make_clip, make_mid_gop_ts
+from support import (
+    FRAME_RATES,
+    GOP_KINDS,
+    decoded_frames,
+    ffmpeg,
+    make_clip,
+    make_mid_gop_ts,
+)
 
 from config.settings import Settings
 from encodeq.errors import InputError
@@ -295,30 +302,6 @@ def test_reading_the_packets_stops_once_they_pass_the_limits(media_dir: Path) ->
     assert refused.value.code == "too_long" and "more than 240 frames" in refused.value.message
 
 
-def decoded_frames(path: Path) -> int:
-    """Frames a decoder shows (what a viewer sees), counted by ffprobe."""
-    out = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "csv=p=0",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return int(out.stdout.strip())
-
-
 @pytest.mark.parametrize("trim", [0.5, 1.5, 2.3])
 def test_frames_an_edit_list_trims_are_not_planned_or_kept(tmp_path: Path, trim: float) -> None:
     """A trimmed stream copy (``-ss T -c copy``: what phones and editors do) keeps the packets
@@ -326,24 +309,7 @@ def test_frames_an_edit_list_trims_are_not_planned_or_kept(tmp_path: Path, trim:
     not count them and no chunk shows them."""
     source = make_clip(tmp_path / "full.mp4", "30", 6, "2s")
     trimmed = tmp_path / "trimmed.mp4"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-nostdin",
-            "-y",
-            "-ss",
-            str(trim),
-            "-i",
-            str(source),
-            "-c",
-            "copy",
-            str(trimmed),
-        ],
-        check=True,
-        timeout=60,
-    )
+    ffmpeg("-ss", str(trim), "-i", str(source), "-c", "copy", str(trimmed))
     shown = decoded_frames(trimmed)
     settings = Settings(chunk_seconds=2, segment_seconds=2)
     split_plan = chunking.plan(trimmed, 30.0, settings)
@@ -367,61 +333,12 @@ def test_audio_that_does_not_line_up_with_the_video_goes_per_rung(tmp_path: Path
 
     video = make_clip(tmp_path / "video.mp4", "25", 8, "2s")
     late = tmp_path / "late-audio.mp4"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-nostdin",
-            "-y",
-            "-i",
-            str(video),
-            "-itsoffset",
-            "0.5",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=d=7.5",
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-            "-c:v",
-            "copy",
-            "-c:a",
-            "aac",
-            str(late),
-        ],
-        check=True,
-        timeout=60,
+    muxed = ["-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac"]
+    ffmpeg(
+        "-i", str(video), "-itsoffset", "0.5", "-f", "lavfi", "-i", "sine=d=7.5", *muxed, str(late)
     )
     in_sync = tmp_path / "in-sync.mp4"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-nostdin",
-            "-y",
-            "-i",
-            str(video),
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=d=8",
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-            "-c:v",
-            "copy",
-            "-c:a",
-            "aac",
-            str(in_sync),
-        ],
-        check=True,
-        timeout=60,
-    )
+    ffmpeg("-i", str(video), "-f", "lavfi", "-i", "sine=d=8", *muxed, str(in_sync))
     settings = Settings()
     assert "audio and video differ" in (plan(late, probe(late, settings)).per_rung or "")
     assert plan(in_sync, probe(in_sync, settings)).per_rung is None
