@@ -168,7 +168,8 @@ def make_mid_gop_ts(path: Path) -> Path:
 
 
 def decoded_frames(path: Path) -> int:
-    """Frames a decoder shows (what a viewer sees), counted by ffprobe."""
+    """Frames a decoder shows (what a viewer sees) of a file or a rendition's playlist, counted
+    by ffprobe."""
     out = subprocess.run(
         [
             "ffprobe",
@@ -188,7 +189,8 @@ def decoded_frames(path: Path) -> int:
         check=True,
         timeout=60,
     )
-    return int(out.stdout.strip())
+    # an HLS playlist lists its stream twice (in its program and on its own): the first count
+    return int(out.stdout.split()[0])
 
 
 def ffmpeg(*args: str) -> None:
