@@ -48,12 +48,18 @@ EMBED_KEYS = frozenset({"callbacks", "errbacks", "chain", "chord"})
 ETA_SLACK_S = 60.0
 
 
-def _expired(expires: Any) -> bool:
+def _header_time(value: Any) -> datetime | None:
+    """A Celery time header (ISO 8601, naive means UTC), or None when it is not one."""
     try:
-        when = datetime.fromisoformat(str(expires))
+        when = datetime.fromisoformat(str(value))
     except ValueError:
-        return True
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)) < datetime.now(UTC)
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _expired(expires: Any) -> bool:
+    when = _header_time(expires)
+    return when is None or when < datetime.now(UTC)
 
 
 def _within_limits(timelimit: Any) -> bool:
@@ -67,12 +73,8 @@ def _within_limits(timelimit: Any) -> bool:
 
 
 def _due_soon(eta: Any) -> bool:
-    try:
-        when = datetime.fromisoformat(str(eta))
-    except ValueError:
-        return False
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    return when <= datetime.now(UTC) + timedelta(seconds=ETA_SLACK_S)
+    when = _header_time(eta)
+    return when is not None and when <= datetime.now(UTC) + timedelta(seconds=ETA_SLACK_S)
 
 
 _DIGITS = re.compile(r"[0-9]{1,10}")
