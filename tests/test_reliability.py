@@ -142,7 +142,9 @@ def test_poison_input_does_not_block_other_jobs(workers, media_dir) -> None:
             thread.join(timeout=10)
     assert death_reason(message) == "delivery_limit"
     assert len(kills) == 3  # delivery limit 2: the third return dead-letters it
-    assert jobs().load(poison_id).error.code == "delivery_limit"
+    # The job is failed once the reject has reached the broker, a moment after the dead letter.
+    failed = wait_for_job(poison_id, timeout=30)
+    assert failed.state == "failed" and failed.error.code == "delivery_limit"
 
 
 def test_warm_shutdown_finishes_the_task_in_hand(workers, media_dir) -> None:
