@@ -90,13 +90,37 @@ class Result:
 def make_source(path: Path, width: int, height: int, duration: float) -> Path:
     """testsrc2 + tone, keyframes every 2 s (on the segment grid: the stream-copy split)."""
     subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=s={width}x{height}:r=30:d={duration}",
-         "-f", "lavfi", "-i", f"sine=f=440:d={duration}",
-         "-c:v", "libx264", "-preset", "fast", "-crf", "18", "-g", "60", "-pix_fmt", "yuv420p",
-         "-c:a", "aac", "-shortest", str(path)],
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=s={width}x{height}:r=30:d={duration}",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=f=440:d={duration}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "fast",
+            "-crf",
+            "18",
+            "-g",
+            "60",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(path),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     return path
 
 
@@ -119,8 +143,8 @@ def _epoch(iso: str) -> float:
 
 def chunked_pipeline(source: Path, workers: int, pinned: bool, one_thread: bool = False) -> Chunked:
     """Upload -> probe/split -> chunks on competing workers -> joins -> finalize -> completed."""
-    from encodeq.manifest import AUDIO, JobStore
-    from encodeq.storage import Storage
+    from core.manifest import AUDIO, JobStore
+    from core.storage import Storage
 
     env = {"ENCODEQ_FFMPEG_THREADS": "1"} if pinned or one_thread else {}
     with worker_fleet(workers, env, pin=pinned):
@@ -206,8 +230,11 @@ def bench(name: str, tmp: Path, repeat: int) -> Result:
     os.environ["ENCODEQ_CHUNK_SECONDS"] = str(chunk)  # workers and the uploader read settings
     os.environ["ENCODEQ_STRAGGLER_MIN_S"] = "600"  # equal chunks: no straggler re-offers
     source = make_source(tmp / f"{name}.mp4", width, height, duration)
-    print(f"\n== {name}: {width}x{height}, {duration:.0f}s, 30 fps, chunks of {chunk}s, "
-          f"{source.stat().st_size / 1e6:.1f} MB; cores: {os.cpu_count()}", flush=True)  # fmt: skip
+    print(
+        f"\n== {name}: {width}x{height}, {duration:.0f}s, 30 fps, chunks of {chunk}s, "
+        f"{source.stat().st_size / 1e6:.1f} MB; cores: {os.cpu_count()}",
+        flush=True,
+    )
     runs: dict[str, list[float]] = {k: [] for k in ("a", "p", "c", "c1", "s1", "s2")}
     cs: list[Chunked] = []
     c1s: list[Chunked] = []
@@ -230,11 +257,20 @@ def bench(name: str, tmp: Path, repeat: int) -> Result:
     c1_mid = sorted(c1s, key=lambda r: r.seconds)[len(c1s) // 2]
     s1_mid = sorted(s1s, key=lambda r: r.seconds)[len(s1s) // 2]
     model = Model.of(s1_mid)
-    result = Result(name, width, height, duration, chunk, times=med,
-                    phases={"c": c_mid.phases, "c1": c1_mid.phases},
-                    local_cpu_seconds=c_mid.local_cpu_seconds, chunks=s1_mid.chunks,
-                    split=s1_mid.split, model=asdict(model),
-                    hosts={h: (model.seconds(h), model.sized(h)) for h in HOSTS})  # fmt: skip
+    result = Result(
+        name,
+        width,
+        height,
+        duration,
+        chunk,
+        times=med,
+        phases={"c": c_mid.phases, "c1": c1_mid.phases},
+        local_cpu_seconds=c_mid.local_cpu_seconds,
+        chunks=s1_mid.chunks,
+        split=s1_mid.split,
+        model=asdict(model),
+        hosts={h: (model.seconds(h), model.sized(h)) for h in HOSTS},
+    )
     report(result)
     return result
 
@@ -252,24 +288,32 @@ def report(r: Result) -> None:
     print(f"{'':3} {'variant':44} {'seconds':>8}")
     for key, label in rows:
         print(f"{key:3} {label:44} {t[key]:8.2f}")
-    print(f"\nc/a = {t['c'] / t['a']:.3f}, c1/a = {t['c1'] / t['a']:.3f}  (target <= 1.05);  "
-          f"p/a = {t['p'] / t['a']:.3f};  c/p = {t['c'] / t['p']:.3f}")  # fmt: skip
+    print(
+        f"\nc/a = {t['c'] / t['a']:.3f}, c1/a = {t['c1'] / t['a']:.3f}  (target <= 1.05);  "
+        f"p/a = {t['p'] / t['a']:.3f};  c/p = {t['c'] / t['p']:.3f}"
+    )
     for key, phases in r.phases.items():
         print(f"({key}) phases: " + ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
     print(f"embedded S3 server + uploader CPU during (c): {r.local_cpu_seconds:.1f}s")
     speedup = t["s1"] / t["s2"]
     print(f"speed-up s1/s2 = {speedup:.2f}x, efficiency {speedup / 2:.0%}  (target >= 1.8x)")
     m = r.model
-    print(f"split: {r.split}; {r.chunks} chunks; on one core: chunk task {m['per_chunk']:.2f}s "
-          f"(overhead {m['overhead']:.2f}s of it), audio {m['audio']:.2f}s, upload+probe "
-          f"{m['head']:.2f}s, {m['rungs']} joins+finalize {m['tail']:.2f}s")  # fmt: skip
+    print(
+        f"split: {r.split}; {r.chunks} chunks; on one core: chunk task {m['per_chunk']:.2f}s "
+        f"(overhead {m['overhead']:.2f}s of it), audio {m['audio']:.2f}s, upload+probe "
+        f"{m['head']:.2f}s, {m['rungs']} joins+finalize {m['tail']:.2f}s"
+    )
     base, base_sized = r.hosts[1]
-    print(f"\n{'hosts':>5} {'this source':>12} {'speed-up':>9} {'eff.':>5}   "
-          f"{'1 chunk/host':>12} {'speed-up':>9} {'eff.':>5}")  # fmt: skip
+    print(
+        f"\n{'hosts':>5} {'this source':>12} {'speed-up':>9} {'eff.':>5}   "
+        f"{'1 chunk/host':>12} {'speed-up':>9} {'eff.':>5}"
+    )
     for hosts, (chunks, sized) in r.hosts.items():
         a, b = base / chunks, base_sized / sized
-        print(f"{hosts:5d} {chunks:11.1f}s {a:8.2f}x {a / hosts:5.0%}   "
-              f"{sized:11.1f}s {b:8.2f}x {b / hosts:5.0%}")  # fmt: skip
+        print(
+            f"{hosts:5d} {chunks:11.1f}s {a:8.2f}x {a / hosts:5.0%}   "
+            f"{sized:11.1f}s {b:8.2f}x {b / hosts:5.0%}"
+        )
     print("(model, from the 1-host run; 2 hosts is measured above)")
 
 
@@ -297,18 +341,32 @@ def plot(results: list[Result], path: Path) -> None:
         bars.bar(xs, heights, width, label=f"{r.name} ({r.times['a']:.0f}s = 1)")
         for x, h in zip(xs, heights, strict=True):
             bars.text(x, h + 0.02, f"{h:.2f}", ha="center", fontsize=7)
-    bars.set_xticks([k + width * (len(results) - 1) / 2 for k in range(len(keys))], labels,
-                    rotation=15, fontsize=8)  # fmt: skip
+    bars.set_xticks(
+        [k + width * (len(results) - 1) / 2 for k in range(len(keys))],
+        labels,
+        rotation=15,
+        fontsize=8,
+    )
     bars.axhline(1.05, color="grey", linestyle="--", linewidth=0.8)
     bars.set_ylabel("time / one ffmpeg (upload to completed)")
     bars.set_title("2 cores: encodeq against one ffmpeg")
     bars.legend(fontsize=8)
     for r in results:
         base, base_sized = r.hosts[1]
-        line = curve.plot(HOSTS, [base / r.hosts[h][0] for h in HOSTS], marker="o",
-                          label=f"{r.name}: its {r.chunks} chunks")[0]  # fmt: skip
-        curve.plot(HOSTS, [base_sized / r.hosts[h][1] for h in HOSTS], marker=".", linestyle="--",
-                   color=line.get_color(), label=f"{r.name}: one chunk per host")  # fmt: skip
+        line = curve.plot(
+            HOSTS,
+            [base / r.hosts[h][0] for h in HOSTS],
+            marker="o",
+            label=f"{r.name}: its {r.chunks} chunks",
+        )[0]
+        curve.plot(
+            HOSTS,
+            [base_sized / r.hosts[h][1] for h in HOSTS],
+            marker=".",
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{r.name}: one chunk per host",
+        )
         measured = r.times["s1"] / r.times["s2"]
         curve.plot([2], [measured], marker="x", markersize=9, color="black")
     curve.plot(HOSTS, HOSTS, color="grey", linestyle=":", label="linear")

@@ -37,7 +37,7 @@ from config.topology import (  # noqa: E402
     DEAD_LETTER_QUEUE_NAME,
     PARKED_QUEUE_NAME,
 )
-from encodeq.s3server import EmbeddedS3  # noqa: E402
+from console.s3server import EmbeddedS3  # noqa: E402
 
 ORIGIN = "bench.origin"
 TARGET = PARKED_QUEUE_NAME
@@ -199,17 +199,27 @@ def main() -> int:
         wall_rate = args.messages / wall
         naive_rate = args.naive_messages / naive_s
         print(f"{'':34} {'messages':>9} {'seconds':>8} {'msg/s':>9}")
-        print(f"{'replay --all (engine)':34} {args.messages:>9} {report['seconds']:>8.2f} "
-              f"{engine_rate:>9.0f}")  # fmt: skip
-        print(f"{'replay --all (CLI wall, w/ start)':34} {args.messages:>9} {wall:>8.2f} "
-              f"{wall_rate:>9.0f}")  # fmt: skip
-        print(f"{'naive get/publish+confirm/ack':34} {args.naive_messages:>9} {naive_s:>8.2f} "
-              f"{naive_rate:>9.0f}")  # fmt: skip
-        print(f"ratio engine/naive: {engine_rate / naive_rate:.1f}x   "
-              f"ratio CLI wall/naive: {wall_rate / naive_rate:.1f}x")  # fmt: skip
-        print(f"check: replayed {report['moved']}, arrived {len(moved)}, lost {lost}, "
-              f"duplicated {duplicated}, left in DLQ {left}, naive moved {naive_moved}: "
-              f"{'OK' if ok and naive_moved == args.naive_messages else 'FAILED'}")  # fmt: skip
+        print(
+            f"{'replay --all (engine)':34} {args.messages:>9} {report['seconds']:>8.2f} "
+            f"{engine_rate:>9.0f}"
+        )
+        print(
+            f"{'replay --all (CLI wall, w/ start)':34} {args.messages:>9} {wall:>8.2f} "
+            f"{wall_rate:>9.0f}"
+        )
+        print(
+            f"{'naive get/publish+confirm/ack':34} {args.naive_messages:>9} {naive_s:>8.2f} "
+            f"{naive_rate:>9.0f}"
+        )
+        print(
+            f"ratio engine/naive: {engine_rate / naive_rate:.1f}x   "
+            f"ratio CLI wall/naive: {wall_rate / naive_rate:.1f}x"
+        )
+        print(
+            f"check: replayed {report['moved']}, arrived {len(moved)}, lost {lost}, "
+            f"duplicated {duplicated}, left in DLQ {left}, naive moved {naive_moved}: "
+            f"{'OK' if ok and naive_moved == args.naive_messages else 'FAILED'}"
+        )
         return 0 if ok else 1
     finally:
         s3.stop()

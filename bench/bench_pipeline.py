@@ -34,13 +34,35 @@ from isolation import isolated_stack, run_job, worker_fleet  # noqa: E402
 
 def make_source(path: Path, width: int, height: int, duration: float) -> Path:
     subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=s={width}x{height}:r=30:d={duration}",
-         "-f", "lavfi", "-i", f"sine=f=440:d={duration}",
-         "-c:v", "libx264", "-preset", "fast", "-crf", "18", "-pix_fmt", "yuv420p",
-         "-c:a", "aac", "-shortest", str(path)],
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=s={width}x{height}:r=30:d={duration}",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=f=440:d={duration}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "fast",
+            "-crf",
+            "18",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+            str(path),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     return path
 
 
@@ -97,8 +119,8 @@ def process_per_rung(source: Path, out: Path, parallel: int = 2) -> float:
 
 def pipeline(source: Path, workers: int = 2) -> tuple[float, dict[str, str]]:
     """(c) upload -> probe -> encode x N on competing workers -> finalize -> completed."""
-    from encodeq.manifest import JobStore
-    from encodeq.storage import Storage
+    from core.manifest import JobStore
+    from core.storage import Storage
 
     with worker_fleet(workers):
         run = run_job(source, mode="per-rung")
@@ -118,8 +140,10 @@ def main() -> None:
     with isolated_stack("bench") as _env, tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         source = make_source(tmp / "source.mp4", args.width, args.height, args.duration)
-        print(f"source: {args.width}x{args.height}, {args.duration:.0f}s, 30 fps, "
-              f"{source.stat().st_size / 1e6:.1f} MB; cores: {os.cpu_count()}")  # fmt: skip
+        print(
+            f"source: {args.width}x{args.height}, {args.duration:.0f}s, 30 fps, "
+            f"{source.stat().st_size / 1e6:.1f} MB; cores: {os.cpu_count()}"
+        )
         times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
         placement: dict[str, str] = {}
         for run in range(args.repeat):

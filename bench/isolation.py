@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from encodeq.s3server import EmbeddedS3
+from console.s3server import EmbeddedS3
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -56,7 +56,7 @@ def consumers(url: str, queue: str) -> int:
     """Consumers of ``queue`` now (0 while the queue does not exist yet)."""
     from kombu import Connection
 
-    from encodeq.monitor import queue_depths
+    from core.monitor import queue_depths
 
     with Connection(url) as conn:
         return queue_depths(conn, (queue,))[0].consumers or 0
@@ -75,8 +75,16 @@ def worker_fleet(
     before = consumers(url, ENCODE_QUEUE_NAME)
     procs = []
     for i in range(count):
-        argv = ["encodeq", "worker", "--concurrency", "1", "--loglevel", "WARNING",
-                "--hostname", f"bench{i}@%h"]  # fmt: skip
+        argv = [
+            "encodeq",
+            "worker",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "WARNING",
+            "--hostname",
+            f"bench{i}@%h",
+        ]
         if pin:
             argv = ["taskset", "-c", str(i % (os.cpu_count() or 1)), *argv]
         procs.append(
@@ -127,9 +135,9 @@ def run_job(source: Path, mode: str | None = None) -> JobRun:
     from kombu import Connection
 
     from config.settings import Settings
-    from encodeq.events import EventSubscription
-    from encodeq.manifest import JobStore
-    from encodeq.storage import Storage
+    from core.events import EventSubscription
+    from core.manifest import JobStore
+    from core.storage import Storage
     from uploader.submit import submit
 
     storage = Storage()

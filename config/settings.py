@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     #: address, e.g. ``encodeq.example.org``; any other ``Host`` header gets 400 (DNS rebinding).
     allowed_hosts: str = ""
 
-    # --- least-privilege storage users (encodeq/s3_users.py, ``encodeq minio-setup``) ---------
+    # --- least-privilege storage users (console/minio_setup.py, ``encodeq minio-setup``) ---------
     #: The users ``encodeq minio-setup`` creates (with the root key in ENCODEQ_S3_*); each
     #: service then runs with its own pair as ENCODEQ_S3_ACCESS_KEY/SECRET_KEY.
     worker_s3_access_key: str = ""

@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from encodeq.storage import AUDIT, Storage
+from core.storage import AUDIT, Storage
 
 #: Every action the inspector audits.
 ACTIONS = frozenset({"replay", "purge", "import"})

@@ -26,6 +26,9 @@ from rich.table import Table
 
 from config.settings import get_settings
 from config.topology import DEAD_LETTER_QUEUE_NAME, PARKED_QUEUE_NAME
+from core.failures import FailureRecord, load_failure
+from core.manifest import JobStore
+from core.storage import Storage
 from dlq_inspector import audit
 from dlq_inspector.broker import connect
 from dlq_inspector.browse import peek
@@ -38,9 +41,6 @@ from dlq_inspector.replay import REPLAY_QUEUES, ReplayPolicy, allowed_queues, pl
 from dlq_inspector.stats import group
 from dlq_inspector.stream import Mover, Outcome
 from dlq_inspector.validate import CheckedFile, check_export
-from encodeq.failures import FailureRecord, load_failure
-from encodeq.manifest import JobStore
-from encodeq.storage import Storage
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 out = Console()
@@ -209,8 +209,16 @@ def list_(
         return
     table = Table("id", "task", "job", "reason", "died in", "when", "why", "replays")
     for r in rows:
-        table.add_row(r.id, r.task or "-", r.job_id or "-", r.reason, r.queue,
-                      r.died_at or "-", r.why, str(r.replays))  # fmt: skip
+        table.add_row(
+            r.id,
+            r.task or "-",
+            r.job_id or "-",
+            r.reason,
+            r.queue,
+            r.died_at or "-",
+            r.why,
+            str(r.replays),
+        )
     out.print(table)
     out.print(f"{len(rows)} message(s) in {queue}", highlight=False)
 
@@ -280,8 +288,9 @@ def show(
     out.print(f"[bold]{doc['id']}[/]  {doc['task'] or '(no task)'}  job {doc['job_id'] or '-'}")
     out.print(f"why: {doc['why']}", highlight=False, markup=False)
     out.print(f"replays: {doc['replays']}   replay target: {doc['replay_target']}")
-    out.print_json(data={k: doc[k] for k in ("celery_headers", "args", "kwargs", "x_death")},
-                   default=str)  # fmt: skip
+    out.print_json(
+        data={k: doc[k] for k in ("celery_headers", "args", "kwargs", "x_death")}, default=str
+    )
     if record is not None and record.traceback_tail:
         out.print("[bold]traceback (tail)[/]")
         out.print(record.traceback_tail, markup=False, highlight=False)
@@ -307,8 +316,15 @@ def stats(
         return
     table = Table("count", "task", "reason", "exception", "oldest", "newest", "why (example)")
     for g in groups:
-        table.add_row(str(g.count), g.task or "-", g.reason, g.exc_type or "-", g.oldest or "-",
-                      g.newest or "-", g.why)  # fmt: skip
+        table.add_row(
+            str(g.count),
+            g.task or "-",
+            g.reason,
+            g.exc_type or "-",
+            g.oldest or "-",
+            g.newest or "-",
+            g.why,
+        )
     out.print(table)
 
 
@@ -473,8 +489,14 @@ def purge(
                 writer.close()
     doc = {**outcome_json(outcome), "export": str(writer.path) if writer else None}
     if outcome.total:
-        audit.record("purge", doc["ids"], None, queue=queue, export=doc["export"],
-                     interrupted=outcome.interrupted)  # fmt: skip
+        audit.record(
+            "purge",
+            doc["ids"],
+            None,
+            queue=queue,
+            export=doc["export"],
+            interrupted=outcome.interrupted,
+        )
     if as_json:
         print_json(doc)
     else:
@@ -580,8 +602,14 @@ def history(
     for e in entries:
         ids = e.get("ids") or []
         shown = ", ".join(ids[:3]) + (f" (+{len(ids) - 3})" if len(ids) > 3 else "")
-        table.add_row(str(e.get("time")), str(e.get("who")), str(e.get("action")),
-                      str(e.get("count")), json.dumps(e.get("target")), shown)  # fmt: skip
+        table.add_row(
+            str(e.get("time")),
+            str(e.get("who")),
+            str(e.get("action")),
+            str(e.get("count")),
+            json.dumps(e.get("target")),
+            shown,
+        )
     out.print(table)
 
 

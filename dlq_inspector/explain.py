@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from core.failures import FailureRecord, load_failure
+from core.storage import Storage
 from dlq_inspector.message import DeadLetter
-from encodeq.failures import FailureRecord, load_failure
-from encodeq.storage import Storage
 
 #: Parallel record lookups: a large DLQ should not wait on one S3 round trip after another.
 LOOKUP_THREADS = 8

@@ -13,8 +13,8 @@ from functools import cached_property
 from typing import Any
 
 from config.topology import REPLAY_COUNT_HEADER
+from core.failures import message_key
 from dlq_inspector.ids import message_id
-from encodeq.failures import message_key
 
 #: The AMQP basic properties, in wire order; ``application_headers`` is kept apart as headers.
 PROPERTY_NAMES = (

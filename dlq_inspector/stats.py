@@ -33,8 +33,9 @@ def group(rows: list[Row]) -> list[Group]:
         key = (row.task, row.reason, exc_type)
         found = groups.get(key)
         if found is None:
-            groups[key] = Group(row.task, row.reason, exc_type, 1, row.died_at, row.died_at,
-                                row.id, row.why)  # fmt: skip
+            groups[key] = Group(
+                row.task, row.reason, exc_type, 1, row.died_at, row.died_at, row.id, row.why
+            )
             continue
         found.count += 1
         if row.died_at and (found.oldest is None or row.died_at < found.oldest):

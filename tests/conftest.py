@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from encodeq.s3server import EmbeddedS3
+from console.s3server import EmbeddedS3
 
 RUN_ID = uuid.uuid4().hex[:8]
 VHOST = f"encodeq-test-{RUN_ID}"

@@ -9,7 +9,7 @@ from typing import Any
 
 from support import broker
 
-from encodeq.events import EventSubscription
+from core.events import EventSubscription
 
 
 class Events:
@@ -51,8 +51,11 @@ def unacked(queue: str) -> int:
     """Messages delivered to consumers and not yet acked, as RabbitMQ reports them."""
     out = subprocess.run(
         ["rabbitmqctl", "-q", "list_queues", "-p", _vhost(), "name", "messages_unacknowledged"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     for line in out.stdout.splitlines():
         name, _, count = line.partition("\t")
         if name == queue:

@@ -17,9 +17,9 @@ from kombu import Connection
 
 from config.settings import Settings
 from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME
-from encodeq.manifest import JobStore, Manifest
-from encodeq.monitor import queue_depths
-from encodeq.storage import Storage
+from core.manifest import JobStore, Manifest
+from core.monitor import queue_depths
+from core.storage import Storage
 
 ENCODEQ = [shutil.which("encodeq") or "encodeq"]
 
@@ -76,18 +76,40 @@ def make_video(
     if path.exists():
         return path
     raw = path.with_suffix(".raw.mp4") if rotate is not None else path
-    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-            "-i", f"testsrc2=s={width}x{height}:r={fps}:d={duration}"]  # fmt: skip
+    args = [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=s={width}x{height}:r={fps}:d={duration}",
+    ]
     if audio:
         args += ["-f", "lavfi", "-i", f"sine=f=440:d={duration}", "-c:a", "aac", "-shortest"]
     args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(raw)]
     subprocess.run(args, check=True, timeout=120)
     if rotate is not None:
         subprocess.run(
-            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(raw), "-c", "copy",
-             "-metadata:s:v:0", f"rotate={rotate}", str(path)],
-            check=True, timeout=60,
-        )  # fmt: skip
+            [
+                "ffmpeg",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                str(raw),
+                "-c",
+                "copy",
+                "-metadata:s:v:0",
+                f"rotate={rotate}",
+                str(path),
+            ],
+            check=True,
+            timeout=60,
+        )
         raw.unlink()
     return path
 
@@ -202,8 +224,11 @@ def ffmpeg(*args: str) -> None:
 def ffprobe(path_or_url: str) -> dict[str, Any]:
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", path_or_url],
-        check=True, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return json.loads(out.stdout)
 
 
@@ -212,9 +237,13 @@ def encodeq(
     *args: str, timeout: float = 300, check: bool = False, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*ENCODEQ, *args], capture_output=True, text=True, timeout=timeout, check=check,
+        [*ENCODEQ, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
 
 
 def upload_job(path: Path, *options: str, env: dict[str, str] | None = None) -> str:
@@ -228,8 +257,16 @@ def upload_and_wait(
     *paths: Path, options: tuple[str, ...] = (), timeout: float = 240
 ) -> list[dict]:
     """``encodeq upload --wait --json``: the final manifest of every job."""
-    result = encodeq("upload", *map(str, paths), "--wait", "--json", "--timeout", str(timeout),
-                     *options, timeout=timeout + 60)  # fmt: skip
+    result = encodeq(
+        "upload",
+        *map(str, paths),
+        "--wait",
+        "--json",
+        "--timeout",
+        str(timeout),
+        *options,
+        timeout=timeout + 60,
+    )
     assert result.returncode in (0, 1), result.stderr[-3000:]
     doc = json.loads(result.stdout)
     return doc if isinstance(doc, list) else [doc]
@@ -237,7 +274,7 @@ def upload_and_wait(
 
 def download_rendition(playlist_uri: str, into: Path) -> Path:
     """Copy a rendition (playlist and segments) out of storage; returns the local playlist."""
-    from encodeq.storage import RENDITIONS, parse_uri
+    from core.storage import RENDITIONS, parse_uri
 
     _, key = parse_uri(playlist_uri)
     s = storage()
@@ -271,8 +308,9 @@ class Worker:
 
     def pool_children(self) -> list[int]:
         """Pids of the prefork pool processes (children of the worker's main process)."""
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True,
-                             text=True)  # fmt: skip
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True, text=True
+        )
         return [int(p) for p in out.stdout.split()]
 
     def kill(self) -> None:
@@ -311,14 +349,26 @@ class WorkerFleet:
         command line); returns once it consumes from its work queues (``queues``: both)."""
         url = (env or {}).get("ENCODEQ_BROKER_URL")
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"encodeq-worker-{name}-{os.getpid()}.log"
-        argv = argv or ["encodeq", "worker", "--concurrency", str(concurrency),
-                        "--hostname", f"{name}@%h", "--loglevel", "INFO",
-                        "--queues", ",".join(queues)]  # fmt: skip
+        argv = argv or [
+            "encodeq",
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            f"{name}@%h",
+            "--loglevel",
+            "INFO",
+            "--queues",
+            ",".join(queues),
+        ]
         program = ENCODEQ[0] if argv[0] == "encodeq" else (shutil.which(argv[0]) or argv[0])
         proc = subprocess.Popen(
-            [program, *argv[1:]], stdout=log.open("w"), stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})}, start_new_session=True,
-        )  # fmt: skip
+            [program, *argv[1:]],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         worker = Worker(name, proc, log)
         self.workers.append(worker)
 
@@ -452,9 +502,13 @@ __all__ = [
 def dlq(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Any:
     """``encodeq dlq ...`` as a user runs it, stdin not a terminal."""
     return subprocess.run(
-        [*ENCODEQ, "dlq", *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [*ENCODEQ, "dlq", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def dlq_json(*args: str, env: dict[str, str] | None = None) -> Any:
@@ -470,8 +524,12 @@ def origin_queue(name: str) -> str:
     with broker() as conn:
         declare_topology(conn)  # the DLX first: a missing one drops dead letters silently
         ch = conn.channel()
-        ch.queue_declare(name, durable=True, auto_delete=False,
-                         arguments={"x-dead-letter-exchange": "encodeq.dlx"})  # fmt: skip
+        ch.queue_declare(
+            name,
+            durable=True,
+            auto_delete=False,
+            arguments={"x-dead-letter-exchange": "encodeq.dlx"},
+        )
         ch.close()
     return name
 
@@ -488,9 +546,15 @@ def celery_message(task: str, job: str | None = None, **headers: Any) -> tuple[b
         "content_encoding": "utf-8",
         "delivery_mode": 2,
         "correlation_id": task_id,
-        "application_headers": {"lang": "py", "task": task, "id": task_id, "retries": 0,
-                                "argsrepr": f"('{job}',)", **headers},
-    }  # fmt: skip
+        "application_headers": {
+            "lang": "py",
+            "task": task,
+            "id": task_id,
+            "retries": 0,
+            "argsrepr": f"('{job}',)",
+            **headers,
+        },
+    }
     return body, props
 
 
@@ -594,8 +658,10 @@ def http_json(method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
 def multipart(filename: str, data: bytes, field: str = "file") -> tuple[bytes, str]:
     """A multipart/form-data body with one file part: (body, content type)."""
     boundary = "encodeq-test-" + os.urandom(8).hex()
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n')  # fmt: skip
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+        f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    )
     body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
@@ -605,16 +671,19 @@ def start_server(
 ) -> Server:
     """``encodeq serve`` (or ``argv`` exactly as given); returns once it answers and follows the
     events exchange."""
-    from encodeq.s3server import free_port
+    from console.s3server import free_port
 
     port = port or free_port()
     argv = argv or ["encodeq", "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"encodeq-serve-{port}-{os.getpid()}.log"
     program = ENCODEQ[0] if argv[0] == "encodeq" else argv[0]
     proc = subprocess.Popen(
-        [program, *argv[1:]], stdout=log.open("w"), stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})}, start_new_session=True,
-    )  # fmt: skip
+        [program, *argv[1:]],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     server = Server(proc, f"http://127.0.0.1:{port}", log)
 
     def ready() -> bool:
@@ -645,8 +714,11 @@ def event_queues() -> list[str]:
     vhost = settings().broker_url.rsplit("/", 1)[1]
     out = subprocess.run(
         ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return [n for n in out.stdout.split() if n.startswith("encodeq.events.")]
 
 
@@ -662,14 +734,21 @@ def open_cors(logical: str) -> None:
 
     s = settings()
     client = boto3.client(
-        "s3", endpoint_url=s.s3_endpoint, aws_access_key_id=s.s3_access_key,
-        aws_secret_access_key=s.s3_secret_key, region_name=s.s3_region,
-    )  # fmt: skip
+        "s3",
+        endpoint_url=s.s3_endpoint,
+        aws_access_key_id=s.s3_access_key,
+        aws_secret_access_key=s.s3_secret_key,
+        region_name=s.s3_region,
+    )
     bucket = s.bucket(logical)
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=bucket)
-    rule = {"AllowedOrigins": ["*"], "AllowedMethods": ["GET", "HEAD"], "AllowedHeaders": ["*"],
-            "MaxAgeSeconds": 3600}  # fmt: skip
+    rule = {
+        "AllowedOrigins": ["*"],
+        "AllowedMethods": ["GET", "HEAD"],
+        "AllowedHeaders": ["*"],
+        "MaxAgeSeconds": 3600,
+    }
     client.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [rule]})
 
 

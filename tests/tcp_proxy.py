@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 
-from encodeq.s3server import free_port
+from console.s3server import free_port
 
 
 class TcpProxy:

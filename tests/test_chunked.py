@@ -32,11 +32,11 @@ from support import (
     wait_for_job,
 )
 
-from encodeq.events import EventSubscription
-from encodeq.manifest import AUDIO
-from encodeq.monitor import Monitor
-from encodeq.storage import RENDITIONS, UPLOADS
-from encodeq.watch import render
+from console.watch import render
+from core.events import EventSubscription
+from core.manifest import AUDIO
+from core.monitor import Monitor
+from core.storage import RENDITIONS, UPLOADS
 
 CHUNKED_ENV = {
     "ENCODEQ_CHUNK_SECONDS": "2",
@@ -54,23 +54,59 @@ def make_source(
     more encoder options."""
     if not path.exists():
         subprocess.run(
-            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-             "-f", "lavfi", "-i", f"testsrc2=s={width}x{height}:r=25:d={duration}",
-             "-f", "lavfi", "-i", f"sine=f=440:d={duration}",
-             "-c:v", "libx264", "-preset", "ultrafast", "-g", str(gop), *x264,
-             "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path)],
-            check=True, timeout=120,
-        )  # fmt: skip
+            [
+                "ffmpeg",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=s={width}x{height}:r=25:d={duration}",
+                "-f",
+                "lavfi",
+                "-i",
+                f"sine=f=440:d={duration}",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                str(gop),
+                *x264,
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-shortest",
+                str(path),
+            ],
+            check=True,
+            timeout=120,
+        )
     return path
 
 
 def decoded(playlist: Path) -> dict:
     """ffprobe's view after decoding every frame (an independent count, not our own QC)."""
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json",
-         str(playlist)],
-        check=True, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_streams",
+            "-show_format",
+            "-of",
+            "json",
+            str(playlist),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return json.loads(out.stdout)
 
 
@@ -190,8 +226,16 @@ class TestChunkedJobs:
         # Open GOPs: keyframes sit on the grid, but B-frames shown before each keyframe follow it
         # in decode order, so a stream-copy cut would move them into the next chunk: the plan
         # sees it in the packets' order and cuts accurately.
-        open_gop = ("-keyint_min", "50", "-sc_threshold", "0", "-bf", "3",
-                    "-x264-params", "open-gop=1:b-pyramid=0")  # fmt: skip
+        open_gop = (
+            "-keyint_min",
+            "50",
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "3",
+            "-x264-params",
+            "open-gop=1:b-pyramid=0",
+        )
         source = make_source(media_dir / "open-gop.mp4", 426, 240, duration=6, x264=open_gop)
         manifest = upload_and_wait(source, options=("--mode", "chunked"))[0]
         assert manifest["state"] == "completed", manifest["error"]
@@ -261,10 +305,23 @@ class TestChunkedJobs:
         raw = make_source(media_dir / "rot-raw.mp4", 640, 360, duration=4)
         source = media_dir / "rot-chunked.mp4"
         subprocess.run(
-            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(raw), "-c", "copy",
-             "-metadata:s:v:0", "rotate=90", str(source)],
-            check=True, timeout=60,
-        )  # fmt: skip
+            [
+                "ffmpeg",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                str(raw),
+                "-c",
+                "copy",
+                "-metadata:s:v:0",
+                "rotate=90",
+                str(source),
+            ],
+            check=True,
+            timeout=60,
+        )
         manifest = upload_and_wait(
             source,
             options=("--mode", "chunked"),
@@ -394,8 +451,14 @@ def test_a_straggler_is_offered_to_a_second_worker(workers, media_dir: Path) -> 
 
             def got(kind: str) -> dict | None:
                 seen.extend(events.events(timeout=0.5))
-                return next((e for e in seen if e["event"] == kind and e["chunk"] == held
-                             and e["job_id"] == job_id), None)  # fmt: skip
+                return next(
+                    (
+                        e
+                        for e in seen
+                        if e["event"] == kind and e["chunk"] == held and e["job_id"] == job_id
+                    ),
+                    None,
+                )
 
             straggler = wait_for(lambda: got("chunk.straggler"), 30, "chunk.straggler")
             assert straggler["worker"].startswith("slow@") and straggler["running_s"] >= 2

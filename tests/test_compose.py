@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from encodeq import s3_users
 from minio import Minio
 from minio.error import S3Error
 from support import (
@@ -51,9 +52,8 @@ from support import (
 
 from config.exposure import KNOWN_DEFAULT_SECRETS, exposed_defaults
 from config.settings import Settings
-from encodeq import s3_users
-from encodeq.s3server import free_port
-from encodeq.storage import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
+from console.s3server import free_port
+from core.storage import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -715,7 +715,7 @@ def test_minio_setup_command_runs_natively_and_fails_loudly_without_an_admin_api
 
 class PolicyServer:
     """A moto S3+IAM server that enforces IAM policies once set up: each project role is an IAM
-    user with its policy from encodeq/s3_users.py attached, and S3 requests signed with its key
+    user with its policy from console/minio_setup.py attached, and S3 requests signed with its key
     are allowed or denied by those documents (AWS's policy language, which MinIO's is a subset of).
     """
 

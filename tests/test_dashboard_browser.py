@@ -23,12 +23,17 @@ from urllib.parse import urlsplit
 import pytest
 from support import WorkerFleet, make_video, open_cors, start_server, storage
 
-from encodeq.manifest import JobStore
-from encodeq.storage import RENDITIONS, UPLOADS, parse_uri
+from core.manifest import JobStore
+from core.storage import RENDITIONS, UPLOADS, parse_uri
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "dashboard.png"
 JOB_S = 120_000  # milliseconds a job may take, at most, in Playwright's units
 

@@ -16,8 +16,8 @@ import pytest
 from support import ENCODEQ, dlq_for
 
 from config.settings import Settings
-from encodeq.s3server import answers, free_port
-from encodeq.storage import RENDITIONS
+from console.s3server import answers, free_port
+from core.storage import RENDITIONS
 
 #: The demo itself takes ~15-30 s here; this only bounds a hang.
 DEMO_TIMEOUT_S = 120
@@ -35,9 +35,13 @@ def test_demo_runs_on_a_machine_without_s3_and_cleans_up(tmp_path: Path) -> None
     env = {**os.environ, "ENCODEQ_S3_ENDPOINT": closed, "COLUMNS": "200"}
     env.pop("FORCE_COLOR", None)  # plain text, so the output can be matched
     demo = subprocess.Popen(
-        [*ENCODEQ, "demo"], cwd=tmp_path, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [*ENCODEQ, "demo"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         out, err = demo.communicate(timeout=DEMO_TIMEOUT_S)
     except subprocess.TimeoutExpired:

@@ -41,9 +41,9 @@ from config.topology import (
     declare_topology,
     work_queue_arguments,
 )
+from core.failures import load_failure, record_key
+from core.storage import AUDIT, FAILURES, UPLOADS, parse_uri
 from dlq_inspector.audit import ACTIONS
-from encodeq.failures import load_failure, record_key
-from encodeq.storage import AUDIT, FAILURES, UPLOADS, parse_uri
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,9 @@ def test_every_death_shows_why(fleet, tmp_path: Path) -> None:
     unknown_id, broken_id, looping_id = (str(uuid.uuid4()) for _ in range(3))
     publish_raw(b'[["x"], {}, {}]', {"task": unknown, "id": unknown_id})
     publish_raw(b"\xff\xfe{not json", {"task": "encodeq.probe", "id": broken_id})
-    crash_loop(f"dlqtest.crashloop.{uuid.uuid4().hex[:8]}", {"task": "dlqtest.loop",
-                                                             "id": looping_id})  # fmt: skip
+    crash_loop(
+        f"dlqtest.crashloop.{uuid.uuid4().hex[:8]}", {"task": "dlqtest.loop", "id": looping_id}
+    )
 
     def all_dead() -> list[dict] | None:
         rows = {r["key"]: r for r in dlq_json("list")}

@@ -66,8 +66,15 @@ def typed_message(job: str) -> tuple[bytes, dict]:
             "an-array": [1, 2.5, "three", False],
         }
     )
-    props.update(priority=3, message_id="m-1", timestamp=1700000000, type="t", app_id="tests",
-                 reply_to="r", expiration="600000")  # fmt: skip
+    props.update(
+        priority=3,
+        message_id="m-1",
+        timestamp=1700000000,
+        type="t",
+        app_id="tests",
+        reply_to="r",
+        expiration="600000",
+    )
     return body, props
 
 

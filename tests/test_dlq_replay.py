@@ -294,9 +294,10 @@ def test_replay_killed_midway_loses_nothing() -> None:
     start = queue_state(PARKED_QUEUE_NAME)[0]
     proc = subprocess.Popen(
         [*ENCODEQ, "dlq", "replay", "--task", task, "--to", PARKED_QUEUE_NAME, "--rate", "1500"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     wait_for(lambda: queue_state(PARKED_QUEUE_NAME)[0] >= start + 1200, 60, "the replay to run")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -321,11 +322,23 @@ def test_ctrl_c_stops_cleanly_with_nothing_lost_or_doubled() -> None:
     ids = _fill(task, origin, 1500)
     start = queue_state(PARKED_QUEUE_NAME)[0]
     proc = subprocess.Popen(
-        [*ENCODEQ, "dlq", "replay", "--task", task, "--to", PARKED_QUEUE_NAME, "--rate", "1000",
-         "--json"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            *ENCODEQ,
+            "dlq",
+            "replay",
+            "--task",
+            task,
+            "--to",
+            PARKED_QUEUE_NAME,
+            "--rate",
+            "1000",
+            "--json",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: queue_state(PARKED_QUEUE_NAME)[0] >= start + 200, 60, "the replay to run")
     proc.send_signal(signal.SIGINT)
     out, errors = proc.communicate(timeout=60)

@@ -36,7 +36,7 @@ from support import (
 from tcp_proxy import TcpProxy
 
 from config.topology import WORK_EXCHANGE
-from encodeq.failures import load_failure
+from core.failures import load_failure
 
 
 def dead_letter_of(job_id: str, timeout: float = 60):
@@ -70,9 +70,20 @@ def test_audio_only_file_has_no_video_stream(workers, tmp_path) -> None:
     workers.start("inputs")
     audio = tmp_path / "song.mp4"
     subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=d=2", "-c:a", "aac",
-         str(audio)], check=True,
-    )  # fmt: skip
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=d=2",
+            "-c:a",
+            "aac",
+            str(audio),
+        ],
+        check=True,
+    )
     job_id = upload_job(audio)
     manifest = wait_for_job(job_id, timeout=60)
     assert manifest.error is not None and manifest.error.code == "no_video_stream"
@@ -92,32 +103,64 @@ def test_source_over_the_duration_limit_is_refused(workers, media_dir) -> None:
 def publish_raw(body: bytes, content_type: str, headers: dict) -> None:
     with broker() as conn:
         Producer(conn.channel()).publish(
-            body, exchange=WORK_EXCHANGE, routing_key="control", content_type=content_type,
+            body,
+            exchange=WORK_EXCHANGE,
+            routing_key="control",
+            content_type=content_type,
             content_encoding="utf-8" if content_type.endswith("json") else "binary",
-            headers=headers, delivery_mode=2,
-        )  # fmt: skip
+            headers=headers,
+            delivery_mode=2,
+        )
 
 
 def celery_headers(task: str) -> dict:
     task_id = str(uuid.uuid4())
-    return {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "retries": 0,
-            "argsrepr": "()", "kwargsrepr": "{}", "origin": "test"}  # fmt: skip
+    return {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "root_id": task_id,
+        "retries": 0,
+        "argsrepr": "()",
+        "kwargsrepr": "{}",
+        "origin": "test",
+    }
 
 
 @pytest.mark.parametrize(
     ("what", "task", "body", "content_type", "code"),
     [
         ("unknown task", "encodeq.nope", b'[["x"], {}, {}]', "application/json", "unknown_task"),
-        ("body that does not decode", "encodeq.probe", b"\xff{not json", "application/json",
-         "undecodable"),
-        ("pickle body", "encodeq.probe", pickle.dumps(([1], {}, {})),
-         "application/x-python-serialize", "invalid_message"),
-        ("wrong arguments", "encodeq.probe", b"[[1, 2, 3], {}, {}]", "application/json",
-         "bad_arguments"),
-        ("a job id that is not ours", "encodeq.probe", b'[["../../etc"], {}, {}]',
-         "application/json", "bad_arguments"),
+        (
+            "body that does not decode",
+            "encodeq.probe",
+            b"\xff{not json",
+            "application/json",
+            "undecodable",
+        ),
+        (
+            "pickle body",
+            "encodeq.probe",
+            pickle.dumps(([1], {}, {})),
+            "application/x-python-serialize",
+            "invalid_message",
+        ),
+        (
+            "wrong arguments",
+            "encodeq.probe",
+            b"[[1, 2, 3], {}, {}]",
+            "application/json",
+            "bad_arguments",
+        ),
+        (
+            "a job id that is not ours",
+            "encodeq.probe",
+            b'[["../../etc"], {}, {}]',
+            "application/json",
+            "bad_arguments",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_messages_are_dead_lettered_with_a_record(
     workers, what, task, body, content_type, code
 ) -> None:
@@ -147,19 +190,27 @@ def test_storage_outage_is_retried_through_delayed_delivery_then_completes(
 ) -> None:
     # The worker reaches S3 only through the proxy; jitter off so every countdown is the same.
     # The first countdown is 6 s: long enough to look at the queues while the retry waits.
-    workers.start("flaky", env={"ENCODEQ_S3_ENDPOINT": s3_proxy.endpoint,
-                                "ENCODEQ_RETRY_JITTER": "false",
-                                "ENCODEQ_RETRY_BACKOFF_S": "6",
-                                "ENCODEQ_RETRY_BACKOFF_MAX_S": "6",
-                                "ENCODEQ_MAX_RETRIES": "6"})  # fmt: skip
+    workers.start(
+        "flaky",
+        env={
+            "ENCODEQ_S3_ENDPOINT": s3_proxy.endpoint,
+            "ENCODEQ_RETRY_JITTER": "false",
+            "ENCODEQ_RETRY_BACKOFF_S": "6",
+            "ENCODEQ_RETRY_BACKOFF_MAX_S": "6",
+            "ENCODEQ_MAX_RETRIES": "6",
+        },
+    )
     s3_proxy.cut()
     job_id = upload_job(make_video(media_dir / "outage.mp4", 320, 180, duration=2))
     # The probe fails to reach S3 and is retried later: the countdown is held by the broker in a
     # delayed-delivery queue, not by the worker (nothing unacked on the work queue meanwhile).
     wait_for(delayed_messages, 30, "a retry waiting in a delayed-delivery queue")
     # The retry is published before the original is acked: wait for the ack, not a moment.
-    wait_for(lambda: unacked(CONTROL_QUEUE_NAME) == 0 and delayed_messages(), 5,
-             "the original acked while its retry still waits")  # fmt: skip
+    wait_for(
+        lambda: unacked(CONTROL_QUEUE_NAME) == 0 and delayed_messages(),
+        5,
+        "the original acked while its retry still waits",
+    )
     assert jobs().load(job_id).state == "queued"
     s3_proxy.restore()
     manifest = wait_for_job(job_id, timeout=90)
@@ -168,8 +219,9 @@ def test_storage_outage_is_retried_through_delayed_delivery_then_completes(
 
 
 def test_storage_outage_past_the_retry_budget_dead_letters(workers, s3_proxy, media_dir) -> None:
-    workers.start("flaky", env={"ENCODEQ_S3_ENDPOINT": s3_proxy.endpoint,
-                                "ENCODEQ_MAX_RETRIES": "2"})  # fmt: skip
+    workers.start(
+        "flaky", env={"ENCODEQ_S3_ENDPOINT": s3_proxy.endpoint, "ENCODEQ_MAX_RETRIES": "2"}
+    )
     s3_proxy.cut()
     job_id = upload_job(make_video(media_dir / "outage2.mp4", 320, 180, duration=2))
     message = dead_letter_of(job_id, timeout=90)
@@ -215,8 +267,9 @@ def test_sigkilled_pool_process_is_redelivered_and_recorded(workers, media_dir) 
         os.kill(child, signal.SIGKILL)
     manifest = wait_for_job(job_id, timeout=120)
     assert manifest.state == "completed", manifest.error
-    record = failure_record(started["task_id"] if "task_id" in started else
-                            manifest.renditions[0].task_id)  # fmt: skip
+    record = failure_record(
+        started["task_id"] if "task_id" in started else manifest.renditions[0].task_id
+    )
     assert record.code == "worker_lost" and record.dead_lettered is False
     assert not processes_matching(f"encodeq-{job_id}")  # no orphaned ffmpeg
 
@@ -248,8 +301,9 @@ def test_crash_loop_ends_in_the_dlq_at_the_delivery_limit(workers, media_dir) ->
 # --- too slow ------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_soft_time_limit_dead_letters_instead_of_looping(workers, media_dir) -> None:
-    workers.start("slow", env={"ENCODEQ_ENCODE_TIME_LIMIT_S": "2",
-                               "ENCODEQ_X264_PRESET": "veryslow"})  # fmt: skip
+    workers.start(
+        "slow", env={"ENCODEQ_ENCODE_TIME_LIMIT_S": "2", "ENCODEQ_X264_PRESET": "veryslow"}
+    )
     job_id = upload_job(make_video(media_dir / "slow.mp4", 1280, 720, duration=10))
     manifest = wait_for_job(job_id, timeout=90)
     assert manifest.state == "failed"

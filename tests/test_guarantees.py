@@ -37,9 +37,9 @@ from support import (
 )
 from tcp_proxy import TcpProxy
 
-from encodeq.failures import load_failure
-from encodeq.manifest import ErrorInfo, Manifest, SourceInfo
-from encodeq.storage import UPLOADS
+from core.failures import load_failure
+from core.manifest import ErrorInfo, Manifest, SourceInfo
+from core.storage import UPLOADS
 from uploader.submit import source_key
 
 #: Chunked mode with 2 s chunks and segments, so a short source has several chunks.

@@ -25,7 +25,7 @@ from support import (
 )
 
 from config.settings import get_settings
-from encodeq.storage import UPLOADS, parse_uri
+from core.storage import UPLOADS, parse_uri
 from worker import host_cache
 from worker.app import app
 from worker.task_support import workdir

@@ -26,8 +26,8 @@ from support import (
     upload_and_wait,
 )
 
-from encodeq.failures import load_failure
-from encodeq.storage import UPLOADS
+from core.failures import load_failure
+from core.storage import UPLOADS
 
 
 def _good(folder: Path) -> Path:
@@ -73,12 +73,14 @@ CORPUS: dict[str, tuple[Callable[[Path], bytes], str]] = {
     "truncated mp4 (index lost)": (lambda f: _truncated(f, faststart=False), "not_a_video"),
     "truncated mp4 (media cut)": (lambda f: _truncated(f, faststart=True), "truncated_source"),
     "hls playlist named .mp4": (
-        lambda f: (f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{_canary(f)}\n"
-                   "#EXT-X-ENDLIST\n").encode(),
+        lambda f: (
+            f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{_canary(f)}\n#EXT-X-ENDLIST\n"
+        ).encode(),
         "not_a_video",
     ),
     "ffconcat script named .mp4": (
-        lambda f: f"ffconcat version 1.0\nfile '{_canary(f)}'\n".encode(), "not_a_video"
+        lambda f: f"ffconcat version 1.0\nfile '{_canary(f)}'\n".encode(),
+        "not_a_video",
     ),
     "audio only": (
         lambda f: _encoded(f, "a.m4a", "-f", "lavfi", "-i", "sine=d=2", "-c:a", "aac"),
@@ -89,24 +91,54 @@ CORPUS: dict[str, tuple[Callable[[Path], bytes], str]] = {
         "not_a_video",
     ),
     "absurd dimensions": (
-        lambda f: _encoded(f, "big.mp4", "-f", "lavfi", "-i", "color=s=5000x5000:d=0.04",
-                           "-c:v", "libx264", "-preset", "ultrafast"),
+        lambda f: _encoded(
+            f,
+            "big.mp4",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=s=5000x5000:d=0.04",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ),
         "too_large",
     ),
     "header claiming a huge duration": (_huge_duration, "too_long"),
     "frame-rate bomb": (
-        lambda f: _encoded(f, "fast.mkv", "-f", "lavfi", "-i", "testsrc2=s=64x64:r=1000:d=1",
-                           "-c:v", "libx264", "-preset", "ultrafast"),
+        lambda f: _encoded(
+            f,
+            "fast.mkv",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=s=64x64:r=1000:d=1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ),
         "invalid_frame_rate",
     ),
     "too many streams": (
-        lambda f: _encoded(f, "many.mkv", "-f", "lavfi", "-i", "testsrc2=s=64x64:d=1",
-                           *[a for _ in range(17) for a in ("-f", "lavfi", "-i", "sine=d=1")],
-                           *[a for i in range(18) for a in ("-map", f"{i}")], "-c:v", "libx264",
-                           "-c:a", "aac"),
+        lambda f: _encoded(
+            f,
+            "many.mkv",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=s=64x64:d=1",
+            *[a for _ in range(17) for a in ("-f", "lavfi", "-i", "sine=d=1")],
+            *[a for i in range(18) for a in ("-map", f"{i}")],
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+        ),
         "too_many_streams",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +220,7 @@ def _lying_mkv(path: Path, seconds: int, claims: float = 1.0) -> Path:
 
 def test_the_probe_takes_the_longest_of_the_format_and_stream_durations() -> None:
     from config.settings import Settings
-    from encodeq.errors import InputError
+    from core.errors import InputError
     from worker.probe import check
 
     video = {

@@ -45,8 +45,8 @@ from support import (
 )
 
 from config.settings import Settings
-from encodeq.manifest import JobStore
-from encodeq.storage import UPLOADS, parse_uri
+from core.manifest import JobStore
+from core.storage import UPLOADS, parse_uri
 from uploader.web.app import create_app
 from uploader.web.dlq import EXPORT_FOLDER
 from uploader.web.intake import UPLOAD_FOLDER

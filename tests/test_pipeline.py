@@ -9,7 +9,7 @@ from urllib.parse import unquote
 import pytest
 from support import download_rendition, encodeq, ffprobe, make_video, storage, upload_and_wait
 
-from encodeq.storage import RENDITIONS, parse_uri
+from core.storage import RENDITIONS, parse_uri
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +129,9 @@ def test_keyframes_are_aligned_across_rungs(fleet, media_dir: Path, tmp_path: Pa
     segment_lists = []
     for r in manifest["renditions"]:
         playlist = object_text(r["playlist"])
-        segment_lists.append([line.split(",")[0] for line in playlist.splitlines()
-                              if line.startswith("#EXTINF")])  # fmt: skip
+        segment_lists.append(
+            [line.split(",")[0] for line in playlist.splitlines() if line.startswith("#EXTINF")]
+        )
     # Every rung cut its segments at the same instants.
     assert len(segment_lists) == 2 and segment_lists[0] == segment_lists[1]
     assert len(segment_lists[0]) == 3  # 6 s in 2 s segments
@@ -183,7 +184,7 @@ def test_buckets_are_private_and_playback_urls_are_presigned(fleet, media_dir: P
 
 def test_presigned_urls_use_the_public_endpoint_when_set() -> None:
     from config.settings import Settings
-    from encodeq.storage import Storage
+    from core.storage import Storage
 
     settings = Settings(s3_public_endpoint="http://localhost:19000")
     url = Storage(settings).presigned_url(RENDITIONS, "job/master.m3u8")

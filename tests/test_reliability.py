@@ -39,8 +39,9 @@ from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME
 
 
 def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
-                          timeout=120, check=True)  # fmt: skip
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120, check=True
+    )
     return done.stdout
 
 
@@ -83,9 +84,12 @@ def test_broker_restart_loses_nothing(workers, media_dir, broker_outage) -> None
     broker_outage()
     # During the outage an upload either waits and succeeds...
     waiting = subprocess.Popen(
-        ["encodeq", "upload", str(sources[0])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "ENCODEQ_BROKER_WAIT_S": "120"},
-    )  # fmt: skip
+        ["encodeq", "upload", str(sources[0])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ENCODEQ_BROKER_WAIT_S": "120"},
+    )
     # ...or, when it cannot wait that long, fails loudly and says so in the manifest.
     impatient = encodeq("upload", str(sources[1]), env={"ENCODEQ_BROKER_WAIT_S": "1"})
     assert impatient.returncode == 2
@@ -121,8 +125,11 @@ def test_poison_input_does_not_block_other_jobs(workers, media_dir) -> None:
             # Every time the poison job's encode starts, its process dies (like an OOM kill).
             while not stop.is_set():
                 try:
-                    e = events.wait(lambda e: e["event"] == "rendition.started"
-                                    and e["job_id"] == poison_id, 1, "poison")  # fmt: skip
+                    e = events.wait(
+                        lambda e: e["event"] == "rendition.started" and e["job_id"] == poison_id,
+                        1,
+                        "poison",
+                    )
                 except AssertionError:
                     continue
                 worker = fleet[e["worker"].split("@")[0]]
@@ -154,8 +161,11 @@ def test_warm_shutdown_finishes_the_task_in_hand(workers, media_dir) -> None:
     second = make_video(media_dir / "warm2.mp4", 426, 240, duration=4)
     with Events() as events:
         first_id = upload_job(first)
-        started = events.wait(lambda e: e["event"] == "rendition.started" and
-                              e["job_id"] == first_id, 60, "the first encode")  # fmt: skip
+        started = events.wait(
+            lambda e: e["event"] == "rendition.started" and e["job_id"] == first_id,
+            60,
+            "the first encode",
+        )
         victim = leaving if started["worker"].startswith("leaving@") else staying
         survivor = staying if victim is leaving else leaving
         victim.proc.send_signal(signal.SIGTERM)  # warm shutdown: finish, ack, take nothing new
@@ -174,8 +184,9 @@ def test_storage_outage_past_the_budget_then_replay_completes(workers, media_dir
     endpoint = urlsplit(os.environ["ENCODEQ_S3_ENDPOINT"])
     proxy = TcpProxy(endpoint.hostname, endpoint.port).start()
     try:
-        workers.start("cutoff", env={"ENCODEQ_S3_ENDPOINT": proxy.endpoint,
-                                     "ENCODEQ_MAX_RETRIES": "1"})  # fmt: skip
+        workers.start(
+            "cutoff", env={"ENCODEQ_S3_ENDPOINT": proxy.endpoint, "ENCODEQ_MAX_RETRIES": "1"}
+        )
         proxy.cut()
         job_id = upload_job(make_video(media_dir / "replayable.mp4", 320, 180, duration=2))
         message = wait_for(lambda: dlq_for(job_id=job_id), 90, "the dead letter")[0]
@@ -199,10 +210,13 @@ def soak_vhost() -> Iterator[dict[str, str]]:
     vhost = f"encodeq-soak-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield {"ENCODEQ_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
-           "ENCODEQ_DELIVERY_LIMIT": "20", "ENCODEQ_MAX_RETRIES": "10",
-           "ENCODEQ_BUCKET_PREFIX": f"{os.environ['ENCODEQ_BUCKET_PREFIX']}soak-",
-           "_vhost": vhost}  # fmt: skip
+    yield {
+        "ENCODEQ_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        "ENCODEQ_DELIVERY_LIMIT": "20",
+        "ENCODEQ_MAX_RETRIES": "10",
+        "ENCODEQ_BUCKET_PREFIX": f"{os.environ['ENCODEQ_BUCKET_PREFIX']}soak-",
+        "_vhost": vhost,
+    }
     subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
 
 
@@ -228,8 +242,16 @@ def test_soak_fifty_jobs_under_faults(soak_vhost, media_dir, tmp_path) -> None:
     def fire(kind: str) -> None:
         faults[kind] = faults.get(kind, 0) + 1
 
-    schedule = ["kill_pool", "s3_cut", "kill_pool", "warm_restart", "broker_restart",
-                "kill_pool", "s3_cut", "kill_worker"]  # fmt: skip
+    schedule = [
+        "kill_pool",
+        "s3_cut",
+        "kill_pool",
+        "warm_restart",
+        "broker_restart",
+        "kill_pool",
+        "s3_cut",
+        "kill_worker",
+    ]
 
     def chaos() -> None:
         # The whole schedule fires, however fast the jobs go (stop only aborts on an error).
@@ -267,8 +289,9 @@ def test_soak_fifty_jobs_under_faults(soak_vhost, media_dir, tmp_path) -> None:
         thread.start()
         job_ids = []
         for i in range(50):
-            done = encodeq("upload", str(sources[i % 5]),
-                           env={**env, "ENCODEQ_BROKER_WAIT_S": "120"})  # fmt: skip
+            done = encodeq(
+                "upload", str(sources[i % 5]), env={**env, "ENCODEQ_BROKER_WAIT_S": "120"}
+            )
             assert done.returncode == 0, done.stderr
             job_ids.append(done.stdout.strip())
         thread.join(timeout=300)  # every fault has fired, most while uploads were going on
@@ -298,9 +321,11 @@ def test_soak_fifty_jobs_under_faults(soak_vhost, media_dir, tmp_path) -> None:
     url = env["ENCODEQ_BROKER_URL"]
     dead = _queue_counts(url, DEAD_LETTER_QUEUE_NAME)[0]
     left = sum(_queue_counts(url, q)[0] for q in (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME))
-    print(f"\nsoak: {len(job_ids)} jobs, faults {faults} ({sum(faults.values())} in all), "
-          f"lost {len(lost)}, duplicated {duplicated}, dead-lettered {dead}, "
-          f"{elapsed:.0f}s")  # fmt: skip
+    print(
+        f"\nsoak: {len(job_ids)} jobs, faults {faults} ({sum(faults.values())} in all), "
+        f"lost {len(lost)}, duplicated {duplicated}, dead-lettered {dead}, "
+        f"{elapsed:.0f}s"
+    )
     assert lost == [], {j: states[j] for j in lost}
     assert duplicated == 0
     assert dead == 0  # no false poison
@@ -310,19 +335,20 @@ def test_soak_fifty_jobs_under_faults(soak_vhost, media_dir, tmp_path) -> None:
 
 def jobs_for(env: dict[str, str]):
     from config.settings import Settings
-    from encodeq.manifest import JobStore
-    from encodeq.storage import Storage
+    from core.manifest import JobStore
+    from core.storage import Storage
 
     return JobStore(Storage(Settings(**_settings_kwargs(env))))
 
 
 def storage_for(env: dict[str, str]):
     from config.settings import Settings
-    from encodeq.storage import Storage
+    from core.storage import Storage
 
     return Storage(Settings(**_settings_kwargs(env)))
 
 
 def _settings_kwargs(env: dict[str, str]) -> dict[str, str]:
-    return {k.removeprefix("ENCODEQ_").lower(): v for k, v in env.items()
-            if k.startswith("ENCODEQ_")}  # fmt: skip
+    return {
+        k.removeprefix("ENCODEQ_").lower(): v for k, v in env.items() if k.startswith("ENCODEQ_")
+    }

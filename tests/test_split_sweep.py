@@ -32,7 +32,7 @@ from support import (
 )
 
 from config.settings import Settings
-from encodeq.errors import InputError
+from core.errors import InputError
 from worker import chunking
 from worker.probe import probe
 

@@ -41,8 +41,13 @@ def start_watch(*args: str) -> subprocess.Popen:
     """``encodeq watch ...`` in the background; returns once its events queue is bound (or it
     already ended: a short job may finish first)."""
     env = {**os.environ, "COLUMNS": "160"}
-    proc = subprocess.Popen([*ENCODEQ, "watch", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [*ENCODEQ, "watch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     wait_for(
         lambda: proc.poll() is not None or any(f".{proc.pid}." in q for q in event_queues()),
         30,

@@ -16,8 +16,8 @@ from kombu.exceptions import OperationalError
 
 from config.settings import get_settings
 from config.topology import declare_topology
-from encodeq.manifest import EncodeMode, ErrorInfo, JobStore, Manifest, SourceInfo
-from encodeq.storage import UPLOADS, Storage
+from core.manifest import EncodeMode, ErrorInfo, JobStore, Manifest, SourceInfo
+from core.storage import UPLOADS, Storage
 from worker.app import app
 from worker.events import emit
 from worker.tasks import probe

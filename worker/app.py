@@ -11,7 +11,7 @@ from celery import Celery, Task
 
 from config.settings import get_settings
 from config.topology import CONTROL_QUEUE_NAME, TASK_ROUTES, WORK_EXCHANGE, work_queues
-from encodeq.errors import PermanentError
+from core.errors import PermanentError
 from worker.failure_handling import DeclareTopology
 
 

@@ -26,9 +26,9 @@ from config.ladder import RenditionPlan
 from config.retry_policy import retry_options
 from config.settings import get_settings
 from config.topology import ENCODE_QUEUE_NAME
-from encodeq.errors import EncodeError, PermanentError
-from encodeq.manifest import AUDIO, ChunkRecord, JobStore, Manifest, now_iso
-from encodeq.storage import UPLOADS, Storage
+from core.errors import EncodeError, PermanentError
+from core.manifest import AUDIO, ChunkRecord, JobStore, Manifest, now_iso
+from core.storage import UPLOADS, Storage
 from worker import chunking, encoder, host_cache, joining, process, seams
 from worker.app import app
 from worker.events import emit
@@ -194,11 +194,23 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
         _maybe_join(jobs, manifest)  # a duplicate delivery, or a straggler's first copy won
         return
     worker = self.request.hostname
-    record = ChunkRecord(index=index, state="encoding", worker=worker, task_id=self.request.id,
-                         started_at=now_iso(), offers=offer)  # fmt: skip
+    record = ChunkRecord(
+        index=index,
+        state="encoding",
+        worker=worker,
+        task_id=self.request.id,
+        started_at=now_iso(),
+        offers=offer,
+    )
     jobs.save_chunk(job_id, record)
-    emit("chunk.started", job_id=job_id, chunk=index, chunks=manifest.chunks.count,
-         worker=worker, offer=offer)  # fmt: skip
+    emit(
+        "chunk.started",
+        job_id=job_id,
+        chunk=index,
+        chunks=manifest.chunks.count,
+        worker=worker,
+        offer=offer,
+    )
     settings = get_settings()
     source_info = probe_result(manifest.source)
     plans = [RenditionPlan(r.name, r.width, r.height, r.video_kbps) for r in manifest.renditions]
@@ -249,13 +261,24 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
             key = _chunk_output_key(job_id, name, index)
             host_cache.put(storage, job_id, UPLOADS, key, path, "video/mp2t")
     record = record.model_copy(
-        update={"state": "completed", "seconds": round(time.monotonic() - started, 3),
-                "encode_seconds": round(encode_seconds, 3), "frames": expected,
-                "duration": manifest.chunks.durations[index]}
-    )  # fmt: skip
+        update={
+            "state": "completed",
+            "seconds": round(time.monotonic() - started, 3),
+            "encode_seconds": round(encode_seconds, 3),
+            "frames": expected,
+            "duration": manifest.chunks.durations[index],
+        }
+    )
     jobs.save_chunk(job_id, record)
-    emit("chunk.completed", job_id=job_id, chunk=index, chunks=manifest.chunks.count,
-         worker=worker, seconds=record.seconds, offer=offer)  # fmt: skip
+    emit(
+        "chunk.completed",
+        job_id=job_id,
+        chunk=index,
+        chunks=manifest.chunks.count,
+        worker=worker,
+        seconds=record.seconds,
+        offer=offer,
+    )
     _maybe_join(jobs, manifest, progress_from=worker)
 
 
@@ -274,8 +297,13 @@ def encode_audio(self: Task, job_id: str) -> None:
     if done is not None and done.state == "completed":
         _maybe_join(jobs, manifest)
         return
-    record = ChunkRecord(index=AUDIO, state="encoding", worker=self.request.hostname,
-                         task_id=self.request.id, started_at=now_iso())  # fmt: skip
+    record = ChunkRecord(
+        index=AUDIO,
+        state="encoding",
+        worker=self.request.hostname,
+        task_id=self.request.id,
+        started_at=now_iso(),
+    )
     jobs.save_chunk(job_id, record)
     settings = get_settings()
     started = time.monotonic()
@@ -309,8 +337,15 @@ def _maybe_join(jobs: JobStore, manifest: Manifest, progress_from: str | None = 
     if progress_from is not None:
         for r in manifest.renditions:  # watch and the dashboard draw chunk progress per rung
             percent = round(100.0 * done / manifest.chunks.count, 1)
-            emit("rendition.progress", job_id=job_id, rendition=r.name, worker=progress_from,
-                 progress=percent, fps=0.0, speed=0.0)  # fmt: skip
+            emit(
+                "rendition.progress",
+                job_id=job_id,
+                rendition=r.name,
+                worker=progress_from,
+                progress=percent,
+                fps=0.0,
+                speed=0.0,
+            )
     if done < manifest.chunks.count:
         return
     if manifest.source.has_audio:
@@ -364,9 +399,15 @@ def join(self: Task, job_id: str, rendition: str) -> None:
             playlist = joining.join(files, chunks.durations, audio, source_info, out_dir, settings)
         except process.ProcessFailed as exc:
             raise EncodeError("join_failed", f"ffmpeg could not join {rendition}: {exc}") from None
-        check = seams.check(playlist, manifest.source.frames or sum(chunks.frames),
-                            chunks.starts[1:], source_info.frame_rate, source_info.has_audio,
-                            settings, chunks.seam_intervals)  # fmt: skip
+        check = seams.check(
+            playlist,
+            manifest.source.frames or sum(chunks.frames),
+            chunks.starts[1:],
+            source_info.frame_rate,
+            source_info.has_audio,
+            settings,
+            chunks.seam_intervals,
+        )
         record.seam_check = check
         record.encoder = {
             **encoder.encoder_settings(source_info, plan, settings),
@@ -398,8 +439,14 @@ def join(self: Task, job_id: str, rendition: str) -> None:
         }
     )
     jobs.save_rendition(job_id, record)
-    emit("rendition.completed", job_id=job_id, rendition=rendition, worker=record.worker,
-         playlist=playlist_uri, size_bytes=record.size_bytes)  # fmt: skip
+    emit(
+        "rendition.completed",
+        job_id=job_id,
+        rendition=rendition,
+        worker=record.worker,
+        playlist=playlist_uri,
+        size_bytes=record.size_bytes,
+    )
     maybe_finalize(jobs, job_id, list(planned), queue=ENCODE_QUEUE_NAME)
 
 
@@ -434,8 +481,19 @@ def watch_chunks(self: Task, job_id: str, offered: list[int]) -> None:
             if running > limit:
                 offered.append(r.index)
                 encode_chunk.apply_async(args=[job_id, r.index], kwargs={"offer": r.offers + 1})
-                emit("chunk.straggler", job_id=job_id, chunk=r.index, worker=r.worker,
-                     running_s=round(running, 1), median_s=round(median, 2))  # fmt: skip
-                logger.warning("job %s chunk %d: straggler on %s after %.1fs, offered again",
-                               job_id, r.index, r.worker, running)  # fmt: skip
+                emit(
+                    "chunk.straggler",
+                    job_id=job_id,
+                    chunk=r.index,
+                    worker=r.worker,
+                    running_s=round(running, 1),
+                    median_s=round(median, 2),
+                )
+                logger.warning(
+                    "job %s chunk %d: straggler on %s after %.1fs, offered again",
+                    job_id,
+                    r.index,
+                    r.worker,
+                    running,
+                )
     watch_chunks.apply_async(args=[job_id, offered], countdown=settings.straggler_check_s)

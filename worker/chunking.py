@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.settings import Settings
-from encodeq.errors import EncodeError, InputError
-from encodeq.manifest import ChunkPlan
+from core.errors import EncodeError, InputError
+from core.manifest import ChunkPlan
 from worker import process
 from worker.encoder import GLOBAL_ARGS
 from worker.probe import MAX_FRAME_RATE, safe_input_args

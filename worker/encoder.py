@@ -17,7 +17,7 @@ import ffmpeg
 
 from config.ladder import RenditionPlan
 from config.settings import Settings
-from encodeq.errors import EncodeError
+from core.errors import EncodeError
 from worker import process
 from worker.hls import AAC_LC, MediaPlaylistStats, avc1_codec, media_playlist_stats
 from worker.probe import SAFE_INPUT_OPTIONS, ProbeResult, read_limit_s
@@ -150,10 +150,20 @@ def codecs_of(folder: Path, has_audio: bool, settings: Settings) -> str:
     """The CODECS attribute, read from the first segment ffmpeg actually wrote."""
     first = sorted(folder.glob("seg_*.ts"))[0]
     out = process.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-         "stream=profile,level", "-of", "json", str(first)],
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=profile,level",
+            "-of",
+            "json",
+            str(first),
+        ],
         timeout_s=settings.probe_timeout_s,
-    )  # fmt: skip
+    )
     stream = json.loads(out)["streams"][0]
     codecs = [avc1_codec(stream.get("profile", "High"), int(stream.get("level", 31)))]
     return ",".join(codecs + ([AAC_LC] if has_audio else []))
@@ -162,10 +172,21 @@ def codecs_of(folder: Path, has_audio: bool, settings: Settings) -> str:
 def poster(segment: Path, out: Path, settings: Settings) -> Path:
     """One JPEG frame from a rendition segment (small to fetch, already decoded size)."""
     process.run(
-        ["ffmpeg", *GLOBAL_ARGS, "-protocol_whitelist", "file", "-i", str(segment),
-         "-frames:v", "1", "-q:v", "3", str(out)],
+        [
+            "ffmpeg",
+            *GLOBAL_ARGS,
+            "-protocol_whitelist",
+            "file",
+            "-i",
+            str(segment),
+            "-frames:v",
+            "1",
+            "-q:v",
+            "3",
+            str(out),
+        ],
         timeout_s=settings.probe_timeout_s,
-    )  # fmt: skip
+    )
     return out
 
 
@@ -229,9 +250,12 @@ def encoder_settings(
 
 
 def chunk_encode_args(
-    chunk: Path, probe: ProbeResult, plans: list[RenditionPlan], outputs: dict[str, Path],
+    chunk: Path,
+    probe: ProbeResult,
+    plans: list[RenditionPlan],
+    outputs: dict[str, Path],
     settings: Settings,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """One ffmpeg for every rung of a chunk: decode once, split, scale, encode each (MPEG-TS).
 
     Timestamps restart at 0 (``setpts``) so the forced keyframes land on the chunk's own segment
@@ -251,6 +275,7 @@ def chunk_encode_args(
             **{"f": "mpegts", "an": None, "fps_mode": "passthrough", "enc_time_base": -1},
             "x264-params": "force-cfr=1",
         }
-        streams.append(ffmpeg.output(scaled(branches.stream(i), plan), str(outputs[plan.name]),
-                                     **options))  # fmt: skip
+        streams.append(
+            ffmpeg.output(scaled(branches.stream(i), plan), str(outputs[plan.name]), **options)
+        )
     return with_progress(ffmpeg.merge_outputs(*streams))

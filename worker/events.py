@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from encodeq.events import publish_event
+from core.events import publish_event
 from worker.app import app
 
 

@@ -27,10 +27,10 @@ from kombu.asynchronous import get_event_loop
 from config.retry_policy import TRANSIENT_ERRORS
 from config.settings import get_settings
 from config.topology import declare_topology
-from encodeq.errors import PermanentError
-from encodeq.failures import FailureRecord, message_key, save_failure, tail
-from encodeq.manifest import ErrorInfo, JobStore, is_job_id
-from encodeq.storage import Storage
+from core.errors import PermanentError
+from core.failures import FailureRecord, message_key, save_failure, tail
+from core.manifest import ErrorInfo, JobStore, is_job_id
+from core.storage import Storage
 from worker import outbox
 
 logger = logging.getLogger(__name__)

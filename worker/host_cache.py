@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.settings import get_settings
-from encodeq.errors import PermanentError
-from encodeq.manifest import is_job_id
-from encodeq.storage import UPLOADS, Storage, parse_uri
+from core.errors import PermanentError
+from core.manifest import is_job_id
+from core.storage import UPLOADS, Storage, parse_uri
 from worker import scratch
 
 logger = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from typing import Any
 from celery import bootsteps
 
 from config.settings import Settings, get_settings
-from encodeq.manifest import JobStore, Manifest, Requeues
-from encodeq.storage import UPLOADS, Storage
+from core.manifest import JobStore, Manifest, Requeues
+from core.storage import UPLOADS, Storage
 from worker.events import emit
 from worker.failure_handling import flush_outbox
 from worker.tasks import probe

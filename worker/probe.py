@@ -15,18 +15,33 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
-from encodeq.errors import InputError
+from core.errors import InputError
 from worker import process
 
 #: Demuxers we accept (ffmpeg names). Not hls, concat, image2, lavfi, tty, or any other that
 #: follows references to other files or synthesises input.
 ALLOWED_DEMUXERS = ",".join(
     [
-        "mov", "mp4", "m4a", "3gp", "3g2", "mj2",  # the mov demuxer's names
-        "matroska", "webm", "avi", "flv", "mpegts", "mpeg", "ogg", "asf",
-        "h264", "hevc", "m4v", "yuv4mpegpipe",
+        "mov",
+        "mp4",
+        "m4a",
+        "3gp",
+        "3g2",
+        "mj2",  # the mov demuxer's names
+        "matroska",
+        "webm",
+        "avi",
+        "flv",
+        "mpegts",
+        "mpeg",
+        "ogg",
+        "asf",
+        "h264",
+        "hevc",
+        "m4v",
+        "yuv4mpegpipe",
     ]
-)  # fmt: skip
+)
 
 #: Options that bound how much of the input ffprobe/ffmpeg read before deciding what it is.
 SAFE_INPUT_OPTIONS: dict[str, str] = {
@@ -116,9 +131,16 @@ def probe(path: Path, settings: Settings) -> ProbeResult:
     if path.stat().st_size == 0:
         raise InputError("empty_file", "the upload is empty")
     argv = [
-        "ffprobe", "-v", "error", *safe_input_args(),
-        "-print_format", "json", "-show_format", "-show_streams", str(path),
-    ]  # fmt: skip
+        "ffprobe",
+        "-v",
+        "error",
+        *safe_input_args(),
+        "-print_format",
+        "json",
+        "-show_format",
+        "-show_streams",
+        str(path),
+    ]
     try:
         info = json.loads(process.run(argv, timeout_s=settings.probe_timeout_s))
     except process.ProcessFailed as exc:

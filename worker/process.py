@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from encodeq.errors import EncodeError
+from core.errors import EncodeError
 
 STDERR_TAIL_LINES = 40
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from config.settings import Settings
-from encodeq.manifest import SeamCheck
+from core.manifest import SeamCheck
 from worker import process
 
 #: A frame interval at a seam may deviate from the nominal one by this fraction of a frame.
@@ -22,9 +22,20 @@ SEAM_TOLERANCE_FRAMES = 0.5
 
 def _packets(playlist: Path, settings: Settings) -> dict[str, list[tuple[float, float]]]:
     """(pts, duration) of every packet, per codec type, as the HLS demuxer reads the playlist."""
-    argv = ["ffprobe", "-v", "error", "-protocol_whitelist", "file", "-f", "hls",
-            "-show_entries", "packet=codec_type,pts_time,duration_time", "-of", "json",
-            str(playlist)]  # fmt: skip
+    argv = [
+        "ffprobe",
+        "-v",
+        "error",
+        "-protocol_whitelist",
+        "file",
+        "-f",
+        "hls",
+        "-show_entries",
+        "packet=codec_type,pts_time,duration_time",
+        "-of",
+        "json",
+        str(playlist),
+    ]
     doc = json.loads(process.run(argv, timeout_s=settings.probe_timeout_s * 4))
     found: dict[str, list[tuple[float, float]]] = {"video": [], "audio": []}
     for p in doc.get("packets", []):

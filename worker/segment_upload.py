@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from encodeq.storage import RENDITIONS, Storage
+from core.storage import RENDITIONS, Storage
 from worker.hls import CONTENT_TYPES
 
 #: How often the folder is looked at while ffmpeg runs.

@@ -10,9 +10,9 @@ from pathlib import Path
 from celery import Task
 
 from config.topology import REPLAY_COUNT_HEADER
-from encodeq.errors import PermanentError
-from encodeq.manifest import JobState, JobStore, Manifest, SourceInfo, is_job_id
-from encodeq.storage import Storage
+from core.errors import PermanentError
+from core.manifest import JobState, JobStore, Manifest, SourceInfo, is_job_id
+from core.storage import Storage
 from worker import host_cache, scratch
 from worker.app import app
 from worker.events import emit

@@ -18,9 +18,9 @@ from celery import Task
 from config.ladder import RenditionPlan, choose_renditions
 from config.retry_policy import retry_options
 from config.settings import get_settings
-from encodeq.errors import PUBLISH_ERRORS, EncodeError, PermanentError
-from encodeq.manifest import EncodeMode, JobStore, Rendition
-from encodeq.storage import RENDITIONS, Storage
+from core.errors import PUBLISH_ERRORS, EncodeError, PermanentError
+from core.manifest import EncodeMode, JobStore, Rendition
+from core.storage import RENDITIONS, Storage
 from worker import chunked_tasks, encoder, host_cache, process
 from worker.app import app
 from worker.events import emit
@@ -127,9 +127,13 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
         maybe_finalize(jobs, job_id, list(planned))
         return
     record = planned[rendition].model_copy(
-        update={"state": "encoding", "worker": self.request.hostname, "task_id": self.request.id,
-                "progress": 0.0}
-    )  # fmt: skip
+        update={
+            "state": "encoding",
+            "worker": self.request.hostname,
+            "task_id": self.request.id,
+            "progress": 0.0,
+        }
+    )
     jobs.save_rendition(job_id, record)
     emit("rendition.started", job_id=job_id, rendition=rendition, worker=record.worker)
     plan = RenditionPlan(record.name, record.width, record.height, record.video_kbps)
@@ -140,8 +144,15 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
         now = time.monotonic()
         if now - last["event"] >= settings.progress_interval_s:
             last["event"] = now
-            emit("rendition.progress", job_id=job_id, rendition=rendition, worker=record.worker,
-                 progress=round(p.percent, 1), fps=p.fps, speed=p.speed)  # fmt: skip
+            emit(
+                "rendition.progress",
+                job_id=job_id,
+                rendition=rendition,
+                worker=record.worker,
+                progress=round(p.percent, 1),
+                fps=p.fps,
+                speed=p.speed,
+            )
         if now - last["record"] >= RECORD_PROGRESS_EVERY_S:
             last["record"] = now
             record.progress = round(p.percent, 1)
@@ -175,8 +186,14 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
         }
     )
     jobs.save_rendition(job_id, record)
-    emit("rendition.completed", job_id=job_id, rendition=rendition, worker=record.worker,
-         playlist=playlist_uri, size_bytes=record.size_bytes)  # fmt: skip
+    emit(
+        "rendition.completed",
+        job_id=job_id,
+        rendition=rendition,
+        worker=record.worker,
+        playlist=playlist_uri,
+        size_bytes=record.size_bytes,
+    )
     maybe_finalize(jobs, job_id, list(planned))
 
 

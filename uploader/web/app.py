@@ -36,9 +36,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.settings import Settings, get_settings
 from config.topology import DEAD_LETTER_QUEUE_NAME
-from encodeq.manifest import JobStore, Manifest, is_job_id
-from encodeq.monitor import WATCHED_QUEUES
-from encodeq.storage import Storage
+from core.manifest import JobStore, Manifest, is_job_id
+from core.monitor import WATCHED_QUEUES
+from core.storage import Storage
 from uploader.playback import MPEGURL, Playback, PlaybackError
 from uploader.web import dlq, security
 from uploader.web.hub import EventHub

@@ -18,6 +18,8 @@ from typing import Any
 
 from config.settings import Settings
 from config.topology import DEAD_LETTER_QUEUE_NAME
+from core.failures import FailureRecord, load_failure
+from core.storage import Storage
 from dlq_inspector import audit
 from dlq_inspector.broker import connect
 from dlq_inspector.browse import peek
@@ -29,8 +31,6 @@ from dlq_inspector.ids import looks_like_id
 from dlq_inspector.purge import purge as purge_messages
 from dlq_inspector.replay import ReplayPolicy
 from dlq_inspector.stream import Mover
-from encodeq.failures import FailureRecord, load_failure
-from encodeq.storage import Storage
 
 _lock = threading.Lock()
 
@@ -103,9 +103,17 @@ def replay(storage: Storage, settings: Settings, message_id: str) -> dict[str, A
         outcome = Mover(conn, DEAD_LETTER_QUEUE_NAME, policy).run()
     doc = outcome_json(outcome)
     if outcome.total:
-        audit.record("replay", doc["ids"], dict(outcome.counts), storage,
-                     queue=DEAD_LETTER_QUEUE_NAME, forced=False, failed=doc["failed"],
-                     interrupted=outcome.interrupted, via="http")  # fmt: skip
+        audit.record(
+            "replay",
+            doc["ids"],
+            dict(outcome.counts),
+            storage,
+            queue=DEAD_LETTER_QUEUE_NAME,
+            forced=False,
+            failed=doc["failed"],
+            interrupted=outcome.interrupted,
+            via="http",
+        )
     return doc
 
 
@@ -127,8 +135,16 @@ def purge(storage: Storage, settings: Settings, message_id: str) -> dict[str, An
             writer.close()
     doc = {**outcome_json(outcome), "export": str(writer.path)}
     if outcome.total:
-        audit.record("purge", doc["ids"], None, storage, queue=DEAD_LETTER_QUEUE_NAME,
-                     export=doc["export"], interrupted=outcome.interrupted, via="http")  # fmt: skip
+        audit.record(
+            "purge",
+            doc["ids"],
+            None,
+            storage,
+            queue=DEAD_LETTER_QUEUE_NAME,
+            export=doc["export"],
+            interrupted=outcome.interrupted,
+            via="http",
+        )
     return doc
 
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from kombu import Connection
 
-from encodeq.events import EventSubscription
-from encodeq.manifest import JobStore
-from encodeq.monitor import Monitor, queue_depths
-from encodeq.watch import initial_state, load_manifests
+from console.watch import initial_state, load_manifests
+from core.events import EventSubscription
+from core.manifest import JobStore
+from core.monitor import Monitor, queue_depths
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from config.settings import Settings
-from encodeq.manifest import Manifest
-from encodeq.storage import Storage
+from core.manifest import Manifest
+from core.storage import Storage
 from uploader.submit import BrokerUnavailable, SubmitError, submit
 
 #: The form field that carries the file.

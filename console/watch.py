@@ -23,9 +23,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from encodeq.events import EventSubscription
-from encodeq.manifest import JobStore, Manifest
-from encodeq.monitor import JobView, Monitor, queue_depths
+from core.events import EventSubscription
+from core.manifest import JobStore, Manifest
+from core.monitor import JobView, Monitor, queue_depths
 
 #: How often queue depths are sampled and the screen redrawn.
 TICK_S = 1.0
@@ -114,12 +114,16 @@ def _chunk_line(job: JobView) -> Text:
     for index in range(count):
         chunk = job.chunks.get(index)
         mark, style = CHUNK_MARK.get(chunk.state if chunk else "pending", ("?", ""))
-        line.append("!" if chunk and chunk.straggler and chunk.state != "completed" else mark,
-                    style="bold yellow" if chunk and chunk.straggler else style)  # fmt: skip
+        line.append(
+            "!" if chunk and chunk.straggler and chunk.state != "completed" else mark,
+            style="bold yellow" if chunk and chunk.straggler else style,
+        )
     for chunk in job.chunks.values():
         if chunk.straggler:
-            line.append(f"  chunk {chunk.index} straggled, offered again (now {chunk.worker})",
-                        style="yellow")  # fmt: skip
+            line.append(
+                f"  chunk {chunk.index} straggled, offered again (now {chunk.worker})",
+                style="yellow",
+            )
     return line
 
 
@@ -127,8 +131,11 @@ def render(monitor: Monitor) -> Group:
     """The whole screen: queues, workers, then one panel per job (running first)."""
     queues = Table("queue", "ready", "consumers", title="queues", title_justify="left")
     for q in monitor.queues:
-        queues.add_row(q.name, "-" if q.messages is None else str(q.messages),
-                       "-" if q.consumers is None else str(q.consumers))  # fmt: skip
+        queues.add_row(
+            q.name,
+            "-" if q.messages is None else str(q.messages),
+            "-" if q.consumers is None else str(q.consumers),
+        )
     workers = Table("worker", "doing", "done", title="workers seen", title_justify="left")
     for w in sorted(monitor.workers.values(), key=lambda w: w.name):
         workers.add_row(escape(w.name), w.doing or Text("idle", style="dim"), str(w.tasks_done))

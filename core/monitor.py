@@ -18,7 +18,7 @@ from typing import Any
 from amqp.exceptions import NotFound
 
 from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME
-from encodeq.manifest import Manifest, now_iso
+from core.manifest import Manifest, now_iso
 
 #: The queues a view shows, in the order the work flows.
 WATCHED_QUEUES = (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME)

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from encodeq.manifest import now_iso
-from encodeq.storage import FAILURES, Storage
+from core.manifest import now_iso
+from core.storage import FAILURES, Storage
 
 TRACEBACK_TAIL_LINES = 15
 

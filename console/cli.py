@@ -16,8 +16,8 @@ from rich.table import Table
 from config.exposure import DefaultSecretError, check_default_secrets
 from config.settings import get_settings
 from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
-from encodeq.manifest import JobStore, Manifest, is_job_id
-from encodeq.storage import Storage
+from core.manifest import JobStore, Manifest, is_job_id
+from core.storage import Storage
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False
@@ -107,7 +107,7 @@ def upload(
 ) -> None:
     """Upload videos and start their jobs; prints job ids. With --wait: exit 0 when every job
     completed, 1 when any failed (or the timeout passed)."""
-    from uploader.follow import follow
+    from console.follow import follow
     from uploader.submit import SubmitError, check_file, submit
 
     if mode not in (None, "chunked", "per-rung"):
@@ -181,8 +181,14 @@ def status(
     out.print(f"  source: {s.uri} {s.width}x{s.height} {s.duration or 0:.2f}s", highlight=False)
     table = Table("rendition", "size", "state", "worker", "bandwidth", "playlist")
     for r in manifest.renditions:
-        table.add_row(r.name, f"{r.width}x{r.height}", r.state, r.worker or "",
-                      str(r.bandwidth or ""), r.playlist or "")  # fmt: skip
+        table.add_row(
+            r.name,
+            f"{r.width}x{r.height}",
+            r.state,
+            r.worker or "",
+            str(r.bandwidth or ""),
+            r.playlist or "",
+        )
     out.print(table)
 
 
@@ -196,8 +202,13 @@ def list_jobs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     table = Table("job", "state", "file", "renditions", "error")
     for m in manifests:
         done = sum(r.state == "completed" for r in m.renditions)
-        table.add_row(m.job_id, m.state, m.source.filename, f"{done}/{len(m.renditions)}",
-                      m.error.code if m.error else "")  # fmt: skip
+        table.add_row(
+            m.job_id,
+            m.state,
+            m.source.filename,
+            f"{done}/{len(m.renditions)}",
+            m.error.code if m.error else "",
+        )
     out.print(table)
 
 
@@ -207,7 +218,7 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Leave the sample files in ./encodeq-demo.")] = False,
 ) -> None:
     """The whole pipeline on this machine: sample video + a broken file, two workers, live view."""
-    from encodeq.demo import run_demo
+    from console.demo import run_demo
 
     raise typer.Exit(run_demo(workers=workers, keep=keep, console=out))
 
@@ -223,7 +234,7 @@ def watch(
     timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
 ) -> None:
     """Live view: per job one bar per rendition (worker, fps, speed), queue depths, workers."""
-    from encodeq.watch import run_watch
+    from console.watch import run_watch
     from worker.app import app as celery_app
 
     if job_id is not None and not is_job_id(job_id):
@@ -262,7 +273,7 @@ def serve(
 def minio_setup() -> None:
     """With MinIO's root key: create the buckets and the least-privilege users of the workers
     and the dashboard (ENCODEQ_WORKER_S3_*, ENCODEQ_DASHBOARD_S3_*). Compose runs it once."""
-    from encodeq.s3_users import SetupError, setup
+    from console.minio_setup import SetupError, setup
 
     try:
         setup(get_settings(), log=lambda line: out.print(line, markup=False, highlight=False))

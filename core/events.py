@@ -18,7 +18,7 @@ from kombu import Connection, Consumer, Producer, Queue
 from kombu.exceptions import OperationalError
 
 from config.topology import EVENTS_EXCHANGE
-from encodeq.manifest import now_iso
+from core.manifest import now_iso
 
 
 def publish_event(producer: Producer, routing_key: str, **fields: Any) -> None:

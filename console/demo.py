@@ -34,11 +34,11 @@ from rich.table import Table
 
 from config.settings import get_settings
 from config.topology import DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME, declare_topology
-from encodeq.failures import FailureRecord, load_failure
-from encodeq.manifest import JobStore, Manifest
-from encodeq.monitor import queue_depths
-from encodeq.s3server import EmbeddedS3, answers
-from encodeq.storage import RENDITIONS, Storage, parse_uri
+from console.s3server import EmbeddedS3, answers
+from core.failures import FailureRecord, load_failure
+from core.manifest import JobStore, Manifest
+from core.monitor import queue_depths
+from core.storage import RENDITIONS, Storage, parse_uri
 
 DEMO_DIR = Path("encodeq-demo")
 SAMPLE_NAME = "sample 720p.mp4"
@@ -159,8 +159,8 @@ def _run(workers: int, folder: Path, keep: bool, stack: ExitStack, console: Cons
     console.print(f"  {workers} worker(s) consuming", highlight=False)
 
     _step(console, 4, "upload")
-    from encodeq.cli import _UploadBar  # the upload command's bar: same look as `encodeq upload`
-    from uploader.follow import follow  # imports the Celery app: only now that the env is final
+    from console.cli import _UploadBar  # the upload command's bar: same look as `encodeq upload`
+    from console.follow import follow  # imports the Celery app: only now that the env is final
     from uploader.submit import submit
 
     submitted: list[Manifest] = []
@@ -281,12 +281,22 @@ def _start_workers(
         log = folder / f"worker-{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "encodeq.cli", "worker", "--concurrency", "1",
-                 "--hostname", f"{name}@%h"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "console.cli",
+                    "worker",
+                    "--concurrency",
+                    "1",
+                    "--hostname",
+                    f"{name}@%h",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 env={**os.environ, "ENCODEQ_CHUNK_SECONDS": str(DEMO_CHUNK_SECONDS)},
                 start_new_session=True,
-            )  # fmt: skip
+            )
         fleet.append(DemoWorker(name, proc, log))
         console.print(
             f"  started worker {name}@{host} (pid {proc.pid}), log {escape(str(log))}",
@@ -321,11 +331,37 @@ def _make_sample(path: Path) -> None:
     video = f"testsrc2=size={SAMPLE_SIZE}:rate={SAMPLE_FPS}:duration={SAMPLE_SECONDS}"
     tone = f"sine=frequency=440:sample_rate=48000:duration={SAMPLE_SECONDS}"
     argv = [
-        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-        "-f", "lavfi", "-i", video, "-f", "lavfi", "-i", tone,
-        "-c:v", "libx264", "-preset", "ultrafast", "-g", str(2 * SAMPLE_FPS), "-pix_fmt", "yuv420p",
-        "-c:a", "aac", "-b:a", "128k", "-shortest", "-movflags", "+faststart", str(path),
-    ]  # fmt: skip
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-nostdin",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        video,
+        "-f",
+        "lavfi",
+        "-i",
+        tone,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        str(2 * SAMPLE_FPS),
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "128k",
+        "-shortest",
+        "-movflags",
+        "+faststart",
+        str(path),
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     if done.returncode != 0:
         raise DemoError(f"ffmpeg could not make the sample video: {done.stderr.strip()[-500:]}")

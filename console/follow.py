@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from encodeq.events import EventSubscription
-from encodeq.manifest import JobStore, Manifest
+from core.events import EventSubscription
+from core.manifest import JobStore, Manifest
 
 #: Manifests are re-read this often even when no event says so (events are best effort).
 POLL_EVERY_S = 2.0

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from encodeq.storage import JOBS, Storage
+from core.storage import JOBS, Storage
 
 JobState = Literal["queued", "probing", "encoding", "completed", "failed"]
 RenditionState = Literal["pending", "encoding", "completed", "failed"]
