@@ -143,7 +143,8 @@ def _epoch(iso: str) -> float:
 
 def chunked_pipeline(source: Path, workers: int, pinned: bool, one_thread: bool = False) -> Chunked:
     """Upload -> probe/split -> chunks on competing workers -> joins -> finalize -> completed."""
-    from core.manifest import AUDIO, JobStore
+    from core.layout import AUDIO
+    from core.manifest import JobStore
     from core.storage import Storage
 
     env = {"ENCODEQ_FFMPEG_THREADS": "1"} if pinned or one_thread else {}

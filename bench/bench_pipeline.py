@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from isolation import isolated_stack, run_job, worker_fleet  # noqa: E402
 
+from core.layout import PLAYLIST_NAME  # noqa: E402
+
 
 def make_source(path: Path, width: int, height: int, duration: float) -> Path:
     subprocess.run(
@@ -87,7 +89,7 @@ def one_process_all_rungs(source: Path, out: Path) -> float:
         streams = [encoder.scaled(branches.stream(i), plan)]
         streams += [stream["a:0"]] if result.has_audio else []
         options = encoder.output_options(result, plan, folder, settings)
-        outputs.append(ffmpeg.output(*streams, str(folder / encoder.PLAYLIST_NAME), **options))
+        outputs.append(ffmpeg.output(*streams, str(folder / PLAYLIST_NAME), **options))
     argv = encoder.with_progress(ffmpeg.merge_outputs(*outputs))
     started = time.perf_counter()
     process.run(argv, timeout_s=3600, on_progress=lambda block: None)

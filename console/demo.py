@@ -36,9 +36,10 @@ from config.settings import get_settings
 from config.topology import DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME, declare_topology
 from console.s3server import EmbeddedS3, answers
 from core.failures import FailureRecord, load_failure
+from core.layout import RENDITIONS, job_prefix
 from core.manifest import JobStore, Manifest
 from core.monitor import queue_depths
-from core.storage import RENDITIONS, Storage, parse_uri
+from core.storage import Storage, parse_uri
 
 DEMO_DIR = Path("encodeq-demo")
 SAMPLE_NAME = "sample 720p.mp4"
@@ -465,7 +466,7 @@ def _show_job(m: Manifest, storage: Storage, console: Console) -> None:
 def _download(storage: Storage, job_id: str, folder: Path, console: Console) -> None:
     """--keep: copy the renditions next to the sample, playable after the demo's S3 is gone."""
     target = folder / "renditions"
-    for key in storage.list_keys(RENDITIONS, f"{job_id}/"):
+    for key in storage.list_keys(RENDITIONS, job_prefix(job_id)):
         storage.download(RENDITIONS, key, target / key)
     master = target / job_id / "master.m3u8"
     console.print(f"  downloaded: ffplay '{escape(str(master))}'", highlight=False, soft_wrap=True)

@@ -30,7 +30,7 @@ from minio.minioadmin import MinioAdmin
 
 from config.exposure import check_default_secrets
 from config.settings import Settings
-from core.storage import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
+from core.layout import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
 
 #: Every bucket the project uses.
 BUCKETS = (UPLOADS, JOBS, RENDITIONS, FAILURES, AUDIT)

@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from core.layout import FAILURES, failure_record_key
 from core.manifest import now_iso
-from core.storage import FAILURES, Storage
+from core.storage import Storage
 
 TRACEBACK_TAIL_LINES = 15
 
@@ -52,17 +53,12 @@ def message_key(headers: dict[str, Any] | None, body: bytes | str | None) -> str
     return "body-" + hashlib.sha256(raw).hexdigest()[:32]
 
 
-def record_key(task_id: str) -> str:
-    """The object key of a task's failure record: a digest of the id, a fixed-shape name that no
-    id can steer into another prefix or bucket."""
-    digest = hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{digest}.json"
-
-
 def save_failure(storage: Storage, record: FailureRecord) -> str:
-    return storage.put_json(FAILURES, record_key(record.task_id), record.model_dump(mode="json"))
+    return storage.put_json(
+        FAILURES, failure_record_key(record.task_id), record.model_dump(mode="json")
+    )
 
 
 def load_failure(storage: Storage, task_id: str) -> FailureRecord | None:
-    doc = storage.get_json(FAILURES, record_key(task_id))
+    doc = storage.get_json(FAILURES, failure_record_key(task_id))
     return None if doc is None else FailureRecord.model_validate(doc)

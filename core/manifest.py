@@ -19,7 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from core.storage import JOBS, Storage
+from core.layout import JOBS, chunk_record_key, manifest_key, rendition_record_key, requeues_key
+from core.storage import Storage
 
 JobState = Literal["queued", "probing", "encoding", "completed", "failed"]
 RenditionState = Literal["pending", "encoding", "completed", "failed"]
@@ -185,25 +186,8 @@ class Manifest(BaseModel):
         return self.state in ("completed", "failed")
 
 
-def _manifest_key(job_id: str) -> str:
-    return f"{job_id}/manifest.json"
-
-
-def _rendition_key(job_id: str, name: str, completed: bool = True) -> str:
-    return f"{job_id}/renditions/{name}{'' if completed else '.live'}.json"
-
-
-def _chunk_key(job_id: str, index: int, completed: bool = True) -> str:
-    name = "audio" if index == AUDIO else f"{index:05d}"
-    return f"{job_id}/chunks/{name}{'' if completed else '.live'}.json"
-
-
-#: The chunk index of the job's audio track (encoded once, for the whole source).
-AUDIO = -1
-
-
 class JobStore:
-    """Reads and writes manifests; the only code that knows their keys."""
+    """Reads and writes manifests (their keys are in core/layout.py)."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -211,11 +195,11 @@ class JobStore:
     def save(self, manifest: Manifest) -> None:
         manifest.updated_at = now_iso()
         doc = manifest.model_dump(mode="json")
-        self.storage.put_json(JOBS, _manifest_key(manifest.job_id), doc)
+        self.storage.put_json(JOBS, manifest_key(manifest.job_id), doc)
 
     def load_job(self, job_id: str) -> Manifest | None:
         """The job-level document alone, as its writers last left it."""
-        doc = self.storage.get_json(JOBS, _manifest_key(job_id))
+        doc = self.storage.get_json(JOBS, manifest_key(job_id))
         return None if doc is None else Manifest.model_validate(doc)
 
     def load(self, job_id: str) -> Manifest | None:
@@ -231,7 +215,7 @@ class JobStore:
     def load_rendition(self, job_id: str, name: str) -> Rendition | None:
         """The completed record when there is one (it always wins), else the live one."""
         for completed in (True, False):
-            doc = self.storage.get_json(JOBS, _rendition_key(job_id, name, completed))
+            doc = self.storage.get_json(JOBS, rendition_record_key(job_id, name, completed))
             if doc is not None:
                 return Rendition.model_validate(doc)
         return None
@@ -240,13 +224,13 @@ class JobStore:
         """A completed rendition goes to its own record; any other state to the live record, so
         progress or a failure written by a late duplicate never overwrites a completed rung."""
         rendition.updated_at = now_iso()
-        key = _rendition_key(job_id, rendition.name, rendition.state == "completed")
+        key = rendition_record_key(job_id, rendition.name, rendition.state == "completed")
         self.storage.put_json(JOBS, key, rendition.model_dump(mode="json"))
 
     def load_chunk(self, job_id: str, index: int) -> ChunkRecord | None:
         """Like a rendition: the completed record wins over the live one."""
         for completed in (True, False):
-            doc = self.storage.get_json(JOBS, _chunk_key(job_id, index, completed))
+            doc = self.storage.get_json(JOBS, chunk_record_key(job_id, index, completed))
             if doc is not None:
                 return ChunkRecord.model_validate(doc)
         return None
@@ -255,7 +239,7 @@ class JobStore:
         """Like a rendition: a second offer of a straggler starting late cannot overwrite the
         completed record of the first."""
         record.updated_at = now_iso()
-        key = _chunk_key(job_id, record.index, record.state == "completed")
+        key = chunk_record_key(job_id, record.index, record.state == "completed")
         self.storage.put_json(JOBS, key, record.model_dump(mode="json"))
 
     def set_state(self, job_id: str, state: JobState, error: ErrorInfo | None = None) -> Manifest:
@@ -286,11 +270,11 @@ class JobStore:
         return True
 
     def load_requeues(self, job_id: str) -> Requeues | None:
-        doc = self.storage.get_json(JOBS, f"{job_id}/requeues.json")
+        doc = self.storage.get_json(JOBS, requeues_key(job_id))
         return None if doc is None else Requeues.model_validate(doc)
 
     def save_requeues(self, job_id: str, requeues: Requeues) -> None:
-        self.storage.put_json(JOBS, f"{job_id}/requeues.json", requeues.model_dump(mode="json"))
+        self.storage.put_json(JOBS, requeues_key(job_id), requeues.model_dump(mode="json"))
 
     def job_ids(self) -> list[str]:
         return sorted(key.rstrip("/") for key in self.storage.list_keys(JOBS, recursive=False))

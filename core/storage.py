@@ -1,8 +1,8 @@
 """Object storage over the S3 protocol (MinIO in compose, any S3 server in tests).
 
-Four logical buckets, each named ``<bucket_prefix><name>`` and created private on first use:
-``uploads`` (sources), ``jobs`` (manifests), ``renditions`` (HLS output), ``failures`` (why a task
-died). Every artifact is named by an ``s3://bucket/key`` URI.
+The logical buckets and every key in them are in core/layout.py; here each is named
+``<bucket_prefix><name>`` and created private on first use. Every artifact is named by an
+``s3://bucket/key`` URI.
 """
 
 from __future__ import annotations
@@ -20,14 +20,6 @@ from minio import Minio
 from minio.error import S3Error
 
 from config.settings import Settings, get_settings
-
-UPLOADS = "uploads"
-JOBS = "jobs"
-RENDITIONS = "renditions"
-FAILURES = "failures"
-#: The DLQ inspector's audit trail (replays, purges, imports): written by operators' tools (the
-#: ``encodeq dlq`` CLI, the dashboard), never by workers, so nothing a message says can forge it.
-AUDIT = "audit"
 
 #: Multipart part size: large sources go up in parts (and resume part by part on a retry).
 PART_SIZE = 16 * 1024 * 1024

@@ -11,16 +11,16 @@ from __future__ import annotations
 import getpass
 import re
 import socket
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from core.storage import AUDIT, Storage
+from core.layout import AUDIT, AUDIT_KEY_PATTERN, audit_key
+from core.storage import Storage
 
 #: Every action the inspector audits.
 ACTIONS = frozenset({"replay", "purge", "import"})
 #: The only key shape ``record`` writes; anything else in the bucket is not ours to show.
-KEY_PATTERN = re.compile(r"\d{8}T\d{6}\.\d{6}-[0-9a-f]{8}\.json")
+KEY_PATTERN = re.compile(AUDIT_KEY_PATTERN)
 
 
 def who() -> str:
@@ -49,8 +49,7 @@ def record(
         "target": target,
         **details,
     }
-    key = f"{now.strftime('%Y%m%dT%H%M%S.%f')}-{uuid.uuid4().hex[:8]}.json"
-    (storage or Storage()).put_json(AUDIT, key, entry)
+    (storage or Storage()).put_json(AUDIT, audit_key(now), entry)
     return entry
 
 

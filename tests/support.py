@@ -274,7 +274,8 @@ def upload_and_wait(
 
 def download_rendition(playlist_uri: str, into: Path) -> Path:
     """Copy a rendition (playlist and segments) out of storage; returns the local playlist."""
-    from core.storage import RENDITIONS, parse_uri
+    from core.layout import RENDITIONS
+    from core.storage import parse_uri
 
     _, key = parse_uri(playlist_uri)
     s = storage()

@@ -34,9 +34,8 @@ from support import (
 
 from console.watch import render
 from core.events import EventSubscription
-from core.manifest import AUDIO
+from core.layout import AUDIO, RENDITIONS, UPLOADS
 from core.monitor import Monitor
-from core.storage import RENDITIONS, UPLOADS
 
 CHUNKED_ENV = {
     "ENCODEQ_CHUNK_SECONDS": "2",

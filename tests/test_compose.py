@@ -53,7 +53,7 @@ from support import (
 from config.exposure import KNOWN_DEFAULT_SECRETS, exposed_defaults
 from config.settings import Settings
 from console.s3server import free_port
-from core.storage import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
+from core.layout import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -23,8 +23,9 @@ from urllib.parse import urlsplit
 import pytest
 from support import WorkerFleet, make_video, open_cors, start_server, storage
 
+from core.layout import RENDITIONS, UPLOADS
 from core.manifest import JobStore
-from core.storage import RENDITIONS, UPLOADS, parse_uri
+from core.storage import parse_uri
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

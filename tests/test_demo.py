@@ -17,7 +17,7 @@ from support import ENCODEQ, dlq_for
 
 from config.settings import Settings
 from console.s3server import answers, free_port
-from core.storage import RENDITIONS
+from core.layout import RENDITIONS
 
 #: The demo itself takes ~15-30 s here; this only bounds a hang.
 DEMO_TIMEOUT_S = 120

@@ -41,8 +41,9 @@ from config.topology import (
     declare_topology,
     work_queue_arguments,
 )
-from core.failures import load_failure, record_key
-from core.storage import AUDIT, FAILURES, UPLOADS, parse_uri
+from core.failures import load_failure
+from core.layout import AUDIT, FAILURES, UPLOADS, failure_record_key
+from core.storage import parse_uri
 from dlq_inspector.audit import ACTIONS
 
 
@@ -243,7 +244,7 @@ def test_a_task_id_never_becomes_a_storage_key(fleet) -> None:
         assert record.code in ("bad_arguments", "unknown_task"), record
     keys = set(storage().list_keys(FAILURES))
     assert all(re.fullmatch(r"[0-9a-f]{64}\.json", key) for key in keys), keys
-    assert {record_key(i) for i in crafted} <= keys
+    assert {failure_record_key(i) for i in crafted} <= keys
     assert set(storage().list_keys(AUDIT)) == audit_before
     history = dlq_json("history")
     assert history == history_before and all(e["action"] in ACTIONS for e in history)

@@ -38,9 +38,8 @@ from support import (
 from tcp_proxy import TcpProxy
 
 from core.failures import load_failure
+from core.layout import UPLOADS, source_key
 from core.manifest import ErrorInfo, Manifest, SourceInfo
-from core.storage import UPLOADS
-from uploader.submit import source_key
 
 #: Chunked mode with 2 s chunks and segments, so a short source has several chunks.
 CHUNKED_ENV = {"ENCODEQ_CHUNK_SECONDS": "2", "ENCODEQ_STRAGGLER_MIN_S": "600"}

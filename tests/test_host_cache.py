@@ -25,7 +25,8 @@ from support import (
 )
 
 from config.settings import get_settings
-from core.storage import UPLOADS, parse_uri
+from core.layout import UPLOADS
+from core.storage import parse_uri
 from worker import host_cache
 from worker.app import app
 from worker.task_support import workdir

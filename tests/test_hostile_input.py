@@ -27,7 +27,7 @@ from support import (
 )
 
 from core.failures import load_failure
-from core.storage import UPLOADS
+from core.layout import UPLOADS
 
 
 def _good(folder: Path) -> Path:

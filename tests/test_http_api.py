@@ -45,8 +45,9 @@ from support import (
 )
 
 from config.settings import Settings
+from core.layout import UPLOADS
 from core.manifest import JobStore
-from core.storage import UPLOADS, parse_uri
+from core.storage import parse_uri
 from uploader.web.app import create_app
 from uploader.web.dlq import EXPORT_FOLDER
 from uploader.web.intake import UPLOAD_FOLDER

@@ -9,7 +9,8 @@ from urllib.parse import unquote
 import pytest
 from support import download_rendition, encodeq, ffprobe, make_video, storage, upload_and_wait
 
-from core.storage import RENDITIONS, parse_uri
+from core.layout import RENDITIONS
+from core.storage import parse_uri
 
 
 @pytest.fixture(scope="module")

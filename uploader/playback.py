@@ -28,8 +28,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import quote, urlencode, urlsplit
 
+from core.layout import RENDITIONS
 from core.manifest import JobStore, Manifest, is_job_id
-from core.storage import RENDITIONS, Storage, parse_uri
+from core.storage import Storage, parse_uri
 
 #: A segment URL lives at least this long; longer for long videos (see ``segment_expiry``).
 MIN_EXPIRY = timedelta(hours=1)

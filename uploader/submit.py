@@ -16,15 +16,12 @@ from kombu.exceptions import OperationalError
 
 from config.settings import get_settings
 from config.topology import declare_topology
+from core.layout import UPLOADS, source_key
 from core.manifest import EncodeMode, ErrorInfo, JobStore, Manifest, SourceInfo
-from core.storage import UPLOADS, Storage
+from core.storage import Storage
 from worker.app import app
 from worker.events import emit
 from worker.tasks import probe
-
-#: Extensions kept on the stored key for the benefit of people browsing the bucket; anything else
-#: is stored as ``source.bin``. ffmpeg decides what a file is from its bytes, not its name.
-KNOWN_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".flv", ".3gp"}
 
 
 class SubmitError(Exception):
@@ -58,11 +55,6 @@ def check_file(path: Path) -> int:
     if size > limit:
         raise SubmitError(f"{path}: {size} bytes is over the upload limit of {limit} bytes")
     return size
-
-
-def source_key(job_id: str, filename: str) -> str:
-    ext = Path(filename).suffix.lower()
-    return f"{job_id}/source{ext if ext in KNOWN_EXTENSIONS else '.bin'}"
 
 
 def submit(

@@ -27,8 +27,17 @@ from config.retry_policy import retry_options
 from config.settings import get_settings
 from config.topology import ENCODE_QUEUE_NAME
 from core.errors import EncodeError, PermanentError
-from core.manifest import AUDIO, ChunkRecord, JobStore, Manifest, now_iso
-from core.storage import UPLOADS, Storage
+from core.layout import (
+    AUDIO,
+    UPLOADS,
+    audio_key,
+    chunk_output_key,
+    chunk_source_key,
+    chunks_prefix,
+    rendition_prefix,
+)
+from core.manifest import ChunkRecord, JobStore, Manifest, now_iso
+from core.storage import Storage
 from worker import chunking, encoder, host_cache, joining, process, seams
 from worker.app import app
 from worker.events import emit
@@ -44,18 +53,6 @@ from worker.task_support import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _chunk_source_key(job_id: str, index: int) -> str:
-    return f"{job_id}/chunks/src/{index:05d}.mp4"
-
-
-def _chunk_output_key(job_id: str, rendition: str, index: int) -> str:
-    return f"{job_id}/chunks/{rendition}/{index:05d}.ts"
-
-
-def _audio_key(job_id: str) -> str:
-    return f"{job_id}/chunks/audio.ts"
 
 
 def plan(source: Path, result: ProbeResult) -> chunking.SplitPlan:
@@ -105,7 +102,7 @@ def cut_and_fan_out(
     watch_chunks.apply_async(args=[job_id, []], countdown=settings.straggler_check_s)
 
     def ready(index: int, path: Path) -> None:
-        key = _chunk_source_key(job_id, index)
+        key = chunk_source_key(job_id, index)
         host_cache.put(storage, job_id, UPLOADS, key, path, "video/mp4")
         encode_chunk.apply_async(args=[job_id, index])
 
@@ -149,7 +146,7 @@ def remove_intermediates(storage: Storage, job_id: str) -> None:
     """Delete the job's chunk objects (finalize, once every rung is published). Best effort: a
     leftover costs storage, never correctness, so a failure here does not fail the job."""
     try:
-        removed = storage.remove_prefix(UPLOADS, f"{job_id}/chunks/")
+        removed = storage.remove_prefix(UPLOADS, chunks_prefix(job_id))
         logger.info("job %s: removed %d intermediate chunk objects", job_id, removed)
     except Exception:
         logger.warning("job %s: could not remove its chunk objects", job_id, exc_info=True)
@@ -218,7 +215,7 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
     expected = manifest.chunks.frames[index]
     with workdir(job_id) as folder:
         try:
-            chunk = host_cache.fetch(storage, job_id, UPLOADS, _chunk_source_key(job_id, index))
+            chunk = host_cache.fetch(storage, job_id, UPLOADS, chunk_source_key(job_id, index))
         except S3Error as exc:
             # A second offer of a straggler that started late: the first won, the job completed
             # and finalize removed the chunks. Nothing is left to do, which is no failure.
@@ -258,7 +255,7 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
             emit("chunk.discarded", job_id=job_id, chunk=index, worker=worker, winner=winner)
             return
         for name, path in outputs.items():
-            key = _chunk_output_key(job_id, name, index)
+            key = chunk_output_key(job_id, name, index)
             host_cache.put(storage, job_id, UPLOADS, key, path, "video/mp2t")
     record = record.model_copy(
         update={
@@ -318,7 +315,7 @@ def encode_audio(self: Task, job_id: str) -> None:
             )
         except process.ProcessFailed as exc:
             raise EncodeError("encode_failed", f"ffmpeg failed on the audio: {exc}") from None
-        host_cache.put(storage, job_id, UPLOADS, _audio_key(job_id), out, "video/mp2t")
+        host_cache.put(storage, job_id, UPLOADS, audio_key(job_id), out, "video/mp2t")
     record.state, record.seconds = "completed", round(time.monotonic() - started, 3)
     jobs.save_chunk(job_id, record)
     _maybe_join(jobs, manifest)
@@ -387,13 +384,13 @@ def join(self: Task, job_id: str, rendition: str) -> None:
         parts.mkdir()
         files = []
         for index in range(chunks.count):
-            key = _chunk_output_key(job_id, rendition, index)
+            key = chunk_output_key(job_id, rendition, index)
             files.append(
                 host_cache.fetch_as(storage, job_id, UPLOADS, key, parts / f"c{index:05d}.ts")
             )
         audio = None
         if source_info.has_audio:
-            audio = host_cache.fetch(storage, job_id, UPLOADS, _audio_key(job_id))
+            audio = host_cache.fetch(storage, job_id, UPLOADS, audio_key(job_id))
         out_dir = folder / rendition
         try:
             playlist = joining.join(files, chunks.durations, audio, source_info, out_dir, settings)
@@ -423,7 +420,9 @@ def join(self: Task, job_id: str, rendition: str) -> None:
             raise EncodeError("seam_check_failed", f"{rendition} failed its seam check: {problems}")
         stats = encoder.media_playlist_stats(playlist)
         encoder.check_complete(stats, source_info)
-        playlist_uri = SegmentUploader(storage, out_dir, f"{job_id}/{rendition}/").finish(playlist)
+        playlist_uri = SegmentUploader(
+            storage, out_dir, rendition_prefix(job_id, rendition)
+        ).finish(playlist)
         codecs = encoder.codecs_of(out_dir, source_info.has_audio, settings)
     record = record.model_copy(
         update={

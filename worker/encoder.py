@@ -18,11 +18,11 @@ import ffmpeg
 from config.ladder import RenditionPlan
 from config.settings import Settings
 from core.errors import EncodeError
+from core.layout import PLAYLIST_NAME
 from worker import process
 from worker.hls import AAC_LC, MediaPlaylistStats, avc1_codec, media_playlist_stats
 from worker.probe import SAFE_INPUT_OPTIONS, ProbeResult, read_limit_s
 
-PLAYLIST_NAME = "index.m3u8"
 SEGMENT_PATTERN = "seg_%05d.ts"
 FFMPEG_TIMEOUT_MARGIN_S = 10
 #: How much shorter than its source a rendition may be (rounding, a trailing partial frame).

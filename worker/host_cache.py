@@ -45,8 +45,9 @@ from pathlib import Path
 
 from config.settings import get_settings
 from core.errors import PermanentError
+from core.layout import UPLOADS
 from core.manifest import is_job_id
-from core.storage import UPLOADS, Storage, parse_uri
+from core.storage import Storage, parse_uri
 from worker import scratch
 
 logger = logging.getLogger(__name__)

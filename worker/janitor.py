@@ -26,8 +26,9 @@ from typing import Any
 from celery import bootsteps
 
 from config.settings import Settings, get_settings
+from core.layout import UPLOADS, chunks_prefix
 from core.manifest import JobStore, Manifest, Requeues
-from core.storage import UPLOADS, Storage
+from core.storage import Storage
 from worker.events import emit
 from worker.failure_handling import flush_outbox
 from worker.tasks import probe
@@ -79,7 +80,7 @@ def sweep(storage: Storage, settings: Settings, now: datetime | None = None) -> 
             requeue(jobs, manifest, requeues)
             done.requeued.append(job_id)
         elif manifest.state == "failed" and age > settings.intermediates_ttl_s:
-            removed = storage.remove_prefix(UPLOADS, f"{job_id}/chunks/")
+            removed = storage.remove_prefix(UPLOADS, chunks_prefix(job_id))
             if removed:
                 done.expired[job_id] = removed
                 logger.info(

@@ -14,6 +14,7 @@ from pathlib import Path
 import ffmpeg
 
 from config.settings import Settings
+from core.layout import PLAYLIST_NAME
 from worker import encoder, process
 from worker.probe import ProbeResult, read_limit_s
 
@@ -39,9 +40,7 @@ def join_args(
     if audio is not None:
         streams.append(ffmpeg.input(str(audio), protocol_whitelist="file")["a:0"])
     options = {**encoder.hls_options(probe, out_dir, settings), "c": "copy"}
-    return encoder.with_progress(
-        ffmpeg.output(*streams, str(out_dir / encoder.PLAYLIST_NAME), **options)
-    )
+    return encoder.with_progress(ffmpeg.output(*streams, str(out_dir / PLAYLIST_NAME), **options))
 
 
 def join(
@@ -62,7 +61,7 @@ def join(
         watch_dir=out_dir,
         max_output_bytes=settings.max_output_bytes,
     )
-    return out_dir / encoder.PLAYLIST_NAME
+    return out_dir / PLAYLIST_NAME
 
 
 def audio_args(source: Path, probe: ProbeResult, out: Path, settings: Settings) -> list[str]:

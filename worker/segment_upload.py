@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from core.storage import RENDITIONS, Storage
+from core.layout import RENDITIONS
+from core.storage import Storage
 from worker.hls import CONTENT_TYPES
 
 #: How often the folder is looked at while ffmpeg runs.

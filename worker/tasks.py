@@ -19,8 +19,16 @@ from config.ladder import RenditionPlan, choose_renditions
 from config.retry_policy import retry_options
 from config.settings import get_settings
 from core.errors import PUBLISH_ERRORS, EncodeError, PermanentError
+from core.layout import (
+    PLAYLIST_NAME,
+    RENDITIONS,
+    master_key,
+    poster_key,
+    rendition_prefix,
+    segments_prefix,
+)
 from core.manifest import EncodeMode, JobStore, Rendition
-from core.storage import RENDITIONS, Storage
+from core.storage import Storage
 from worker import chunked_tasks, encoder, host_cache, process
 from worker.app import app
 from worker.events import emit
@@ -162,12 +170,12 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
     with workdir(job_id) as folder:
         source = host_cache.local_source(storage, job_id, manifest.source.uri)
         out_dir = folder / rendition
-        with SegmentUploader(storage, out_dir, f"{job_id}/{rendition}/") as uploads:
+        with SegmentUploader(storage, out_dir, rendition_prefix(job_id, rendition)) as uploads:
             try:
                 result = encoder.encode(source, source_info, plan, out_dir, settings, on_progress)
             except process.ProcessFailed as exc:
                 raise EncodeError("encode_failed", f"ffmpeg failed: {exc}") from None
-            playlist_uri = uploads.finish(result.folder / encoder.PLAYLIST_NAME)
+            playlist_uri = uploads.finish(result.folder / PLAYLIST_NAME)
     record = record.model_copy(
         update={
             "state": "completed",
@@ -213,7 +221,7 @@ def finalize(self: Task, job_id: str) -> None:
         return
     variants = [
         Variant(
-            uri=f"{r.name}/{encoder.PLAYLIST_NAME}",
+            uri=f"{r.name}/{PLAYLIST_NAME}",
             bandwidth=r.bandwidth or 0,
             average_bandwidth=r.average_bandwidth or 0,
             width=r.width,
@@ -225,17 +233,19 @@ def finalize(self: Task, job_id: str) -> None:
     ]
     master_uri = storage.put_bytes(
         RENDITIONS,
-        f"{job_id}/master.m3u8",
+        master_key(job_id),
         master_playlist(variants).encode(),
         CONTENT_TYPES[".m3u8"],
     )
     top = max(manifest.renditions, key=lambda r: r.width * r.height)
     with workdir(job_id) as folder:
-        segments = sorted(k for k in storage.list_keys(RENDITIONS, f"{job_id}/{top.name}/seg_"))
+        segments = sorted(
+            k for k in storage.list_keys(RENDITIONS, segments_prefix(job_id, top.name))
+        )
         segment = folder / "segment.ts"
         storage.download(RENDITIONS, segments[len(segments) // 3], segment)
         poster = encoder.poster(segment, folder / "poster.jpg", get_settings())
-        poster_uri = storage.put_file(RENDITIONS, f"{job_id}/poster.jpg", poster, "image/jpeg")
+        poster_uri = storage.put_file(RENDITIONS, poster_key(job_id), poster, "image/jpeg")
     # In either mode: a job that went per rung when its split could not meet the plan may have
     # chunks uploaded already.
     chunked_tasks.remove_intermediates(storage, job_id)
