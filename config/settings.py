@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     #: the free space), so the scratch folders on the same disk always keep room to encode.
     host_cache_bytes: int = 10 * 1024**3
 
-    # --- chunk-parallel encoding (worker/chunking.py, worker/joining.py, worker/seams.py) ------
+    # --- chunk-parallel encoding (worker/modes/chunked/) -----------------------------------------
     #: Target chunk length; rounded up to a multiple of ``segment_seconds`` so every chunk
     #: boundary is also an HLS segment boundary (keyframes stay aligned across rungs).
     chunk_seconds: int = 30
@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     #: overrides): a message that keeps dying is not bounced back for ever.
     dlq_max_replays: int = 5
 
-    # --- Celery remote control (worker/app.py) -------------------------------------------------
+    # --- Celery remote control (core/celery_app.py) -------------------------------------------
     #: Let workers answer Celery's remote control (``celery inspect`` / ``control``; Flower's
     #: worker views need it). Off unless Flower is deployed: any client that can publish to the
     #: ``celery.pidbox`` exchange could otherwise shut every worker down or cancel its queues.

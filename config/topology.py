@@ -4,7 +4,7 @@
                              --encode---> encodeq.encode   (quorum: the heavy work)
     each work queue dead-letters (at-least-once, delivery limit) to
     exchange encodeq.dlx (fanout) --> encodeq.dlq (classic, durable: browsing it costs nothing)
-    exchange encodeq.events (topic): job.* and rendition.* lifecycle events, pub-sub
+    exchange encodeq.events (topic): job.*, rendition.* and chunk.* lifecycle events, pub-sub
 
 Topic, not direct, exchanges: Celery's native delayed delivery (retry countdowns held by the broker,
 not in worker memory) only binds topic exchanges. The DLQ is a classic queue on purpose: a quorum
@@ -31,9 +31,13 @@ PARKED_QUEUE_NAME = "encodeq.dlq.parked"
 #: replayed a message. Workers read it too: a replayed task of a failed job reopens the job.
 REPLAY_COUNT_HEADER = "encodeq-replay-count"
 
+#: The first task of every job: the uploader publishes it by name (it never imports the worker), and
+#: so does the janitor for a job left queued.
+PROBE_TASK = "encodeq.probe"
+
 #: Celery task name -> (queue name, routing key). The one routing table.
 TASK_ROUTES: dict[str, tuple[str, str]] = {
-    "encodeq.probe": (CONTROL_QUEUE_NAME, "control"),
+    PROBE_TASK: (CONTROL_QUEUE_NAME, "control"),
     "encodeq.finalize": (CONTROL_QUEUE_NAME, "control"),
     "encodeq.encode": (ENCODE_QUEUE_NAME, "encode"),
     # Chunked mode routes everything to the encode queue, the light joins and the straggler

@@ -1,9 +1,13 @@
-"""Job and rendition lifecycle events on the ``encodeq.events`` topic exchange (pub-sub).
+"""Job, rendition and chunk lifecycle events on the ``encodeq.events`` topic exchange (pub-sub).
 
-Routing keys: ``job.<state>`` (queued, probing, encoding, completed, failed) and
-``rendition.<what>`` (started, progress, completed, failed). Every subscriber binds its own
+Routing keys: ``job.<what>`` (queued, probing, encoding, completed, failed, reopened, requeued,
+mode_changed), ``rendition.<what>`` (started, progress, completed) and, in chunked mode,
+``chunk.<what>`` (started, completed, straggler, discarded). Every subscriber binds its own
 auto-deleted queue, so the CLI, a dashboard and any notifier each see every event. Events are
 transient: they show what is happening; the manifest in storage is the truth.
+
+Publishers (the worker's tasks and failure handler, the uploader) ``emit`` through their Celery
+app's producer pool; subscribers open an ``EventSubscription``.
 """
 
 from __future__ import annotations
@@ -14,11 +18,16 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+from celery import Celery
 from kombu import Connection, Consumer, Producer, Queue
 from kombu.exceptions import OperationalError
 
+from config.retry_policy import broker_retry
 from config.topology import EVENTS_EXCHANGE
-from core.manifest import now_iso
+from core.job_model import now_iso
+
+#: Attempts after the first to publish an event: an event is worth a moment, never a stall.
+PUBLISH_RETRIES = 2
 
 
 def publish_event(producer: Producer, routing_key: str, **fields: Any) -> None:
@@ -33,8 +42,14 @@ def publish_event(producer: Producer, routing_key: str, **fields: Any) -> None:
             delivery_mode=1,
             declare=[EVENTS_EXCHANGE],
             retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2},
+            retry_policy=broker_retry(max_retries=PUBLISH_RETRIES),
         )
+
+
+def emit(app: Celery, routing_key: str, **fields: Any) -> None:
+    """Publish one event through ``app``'s producer pool (a connection it already holds)."""
+    with app.producer_or_acquire() as producer:
+        publish_event(producer, routing_key, **fields)
 
 
 class EventSubscription:

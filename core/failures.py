@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from core.job_model import now_iso
 from core.layout import FAILURES, failure_record_key
-from core.manifest import now_iso
 from core.storage import Storage
 
 TRACEBACK_TAIL_LINES = 15

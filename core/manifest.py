@@ -8,182 +8,50 @@ completed (write-once in effect: nothing but another completion ever writes it) 
 ``<job>/renditions/<name>.live.json`` while it is pending, encoding or failed. A late duplicate of
 an encode (a redelivery after the rung was done) can only touch the live record, which the
 completed one shadows, so it can never downgrade a finished rendition. Chunk records work the
-same way. ``JobStore.load`` joins them.
+same way. ``JobStore.load`` joins them. The documents themselves are defined in core/job_model.py.
 """
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
-from typing import Literal
-
-from pydantic import BaseModel, Field
-
+from core.job_model import (
+    ChunkPlan,
+    ChunkRecord,
+    EncodeMode,
+    ErrorInfo,
+    JobState,
+    Manifest,
+    PastError,
+    ProbeResult,
+    Rendition,
+    RenditionState,
+    Requeues,
+    SeamCheck,
+    SourceInfo,
+    is_job_id,
+    now_iso,
+)
 from core.layout import JOBS, chunk_record_key, manifest_key, rendition_record_key, requeues_key
 from core.storage import Storage
 
-JobState = Literal["queued", "probing", "encoding", "completed", "failed"]
-RenditionState = Literal["pending", "encoding", "completed", "failed"]
-#: per-rung: one task per rung decodes the whole source; chunked: one task per chunk decodes it
-#: once for every rung, then a join per rung.
-EncodeMode = Literal["chunked", "per-rung"]
-
-
-#: A job id is ours: ``uuid4().hex``, made by the uploader. Anything else named as one (a forged
-#: message, a URL path) is refused before it can become part of a key.
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def is_job_id(value: object) -> bool:
-    return isinstance(value, str) and JOB_ID.match(value) is not None
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-class ErrorInfo(BaseModel):
-    code: str
-    message: str
-
-
-class PastError(ErrorInfo):
-    """An error the job had before a replay reopened it (kept, so the history stays visible)."""
-
-    failed_at: str
-    reopened_at: str = Field(default_factory=now_iso)
-
-
-class SourceInfo(BaseModel):
-    uri: str
-    #: The uploader's file name, kept as data only: object keys never come from it.
-    filename: str
-    size_bytes: int
-    #: Displayed size (rotation applied): what a viewer sees, and what the ladder is chosen from.
-    width: int | None = None
-    height: int | None = None
-    duration: float | None = None
-    coded_width: int | None = None
-    coded_height: int | None = None
-    rotation: int = 0
-    has_audio: bool | None = None
-    video_codec: str | None = None
-    container: str | None = None
-    frame_rate: float | None = None
-    #: Video frames (packets) of the source, counted when it is split into chunks.
-    frames: int | None = None
-
-
-class SeamCheck(BaseModel):
-    """The seam quality control of one joined rendition (worker/seams.py)."""
-
-    passed: bool
-    frames: int
-    expected_frames: int
-    #: Chunk boundaries checked, and the largest deviation of a frame interval there from the
-    #: nominal frame duration (seconds).
-    seams: int
-    max_seam_error_s: float
-    video_duration: float
-    audio_duration: float | None = None
-    problems: list[str] = Field(default_factory=list)
-
-
-class ChunkPlan(BaseModel):
-    """How the source was cut: stream copy at keyframes, or an accurate (lossless) split."""
-
-    split: Literal["copy", "accurate"]
-    seconds: int
-    #: Start time of each chunk (seconds from the first frame); frames and duration of each.
-    starts: list[float]
-    frames: list[int]
-    durations: list[float]
-    #: Why the accurate split was taken, when it was.
-    reason: str | None = None
-    #: The source's own frame interval at each seam (what the joined rendition must show there;
-    #: 1/fps for constant frame rate sources).
-    seam_intervals: list[float] | None = None
-
-    @property
-    def count(self) -> int:
-        return len(self.starts)
-
-
-class ChunkRecord(BaseModel):
-    """One chunk's encode (``jobs/<job>/chunks/<index>.json``), or the job's audio (``audio``)."""
-
-    index: int
-    state: RenditionState = "pending"
-    worker: str | None = None
-    task_id: str | None = None
-    started_at: str | None = None
-    #: Wall-clock seconds of the task that won (fetch, encode, checks, uploads), of its ffmpeg
-    #: alone (the rest is the per-chunk overhead), and how many workers were given the chunk.
-    seconds: float | None = None
-    encode_seconds: float | None = None
-    offers: int = 1
-    frames: int | None = None
-    duration: float | None = None
-    updated_at: str = Field(default_factory=now_iso)
-
-
-class Rendition(BaseModel):
-    name: str
-    width: int
-    height: int
-    video_kbps: int
-    state: RenditionState = "pending"
-    playlist: str | None = None
-    worker: str | None = None
-    progress: float = 0.0
-    bandwidth: int | None = None
-    average_bandwidth: int | None = None
-    codecs: str | None = None
-    duration: float | None = None
-    segments: int | None = None
-    size_bytes: int | None = None
-    task_id: str | None = None
-    updated_at: str = Field(default_factory=now_iso)
-    #: What produced it (codec, preset, rate control, GOP, mode, chunk count and length).
-    encoder: dict[str, object] | None = None
-    #: Chunked mode only: the seam check of the joined rendition.
-    seam_check: SeamCheck | None = None
-
-
-class Requeues(BaseModel):
-    """How often, and when last, the janitor re-published the probe of a job that stayed queued
-    (``<job>/requeues.json``: its own object, so the janitor never writes the job document and
-    cannot undo a probe's claim with a stale copy)."""
-
-    count: int = 0
-    at: str = Field(default_factory=now_iso)
-
-
-class Manifest(BaseModel):
-    job_id: str
-    state: JobState = "queued"
-    created_at: str = Field(default_factory=now_iso)
-    updated_at: str = Field(default_factory=now_iso)
-    source: SourceInfo
-    renditions: list[Rendition] = Field(default_factory=list)
-    master_playlist: str | None = None
-    poster: str | None = None
-    error: ErrorInfo | None = None
-    #: Requested at upload (None: chosen by the probe from the source's length), then resolved.
-    mode: EncodeMode | None = None
-    #: Why the job is in its mode when that is not what was asked or chosen (a chunked job that
-    #: went per rung because its source could not be split as planned).
-    mode_reason: str | None = None
-    chunks: ChunkPlan | None = None
-    #: Errors of earlier failures that a replay reopened, oldest first.
-    history: list[PastError] = Field(default_factory=list)
-    #: The probe task that claimed the job (the first to find it queued): a second probe message
-    #: (the janitor re-publishes one for a job that looks orphaned) finds it taken and does nothing.
-    probe_task: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("completed", "failed")
+#: The job model's names, here too: what is stored and how are read side by side.
+__all__ = [
+    "ChunkPlan",
+    "ChunkRecord",
+    "EncodeMode",
+    "ErrorInfo",
+    "JobState",
+    "JobStore",
+    "Manifest",
+    "PastError",
+    "ProbeResult",
+    "Rendition",
+    "RenditionState",
+    "Requeues",
+    "SeamCheck",
+    "SourceInfo",
+    "is_job_id",
+    "now_iso",
+]
 
 
 class JobStore:

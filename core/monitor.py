@@ -1,10 +1,11 @@
 """What the system is doing right now, as one model fed by manifests, events and queue depths.
 
-Both live views use it: ``encodeq watch`` (a terminal) and ``encodeq serve`` (a web page). The
-manifests are the truth and are read when a view starts and now and then after; lifecycle events
-(best effort, transient) fill in what manifests do not hold or hold late: progress, fps and speed
-of a running encode, and which worker is doing what. Queue depths come from passive declares,
-which neither create a queue nor disturb its messages.
+The live job model: ``encodeq watch``, ``encodeq upload --wait`` (and the demo) and the web page
+all show it, kept current by ``core/live_feed.py``. The manifests are the truth and are read when a
+view starts and now and then after; lifecycle events (best effort, transient) fill in what
+manifests do not hold or hold late: progress, fps and speed of a running encode, and which worker
+is doing what. Queue depths come from passive declares, which neither create a queue nor disturb
+its messages.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from amqp.exceptions import NotFound
 
 from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME
-from core.manifest import Manifest, now_iso
+from core.job_model import Manifest, now_iso
 
 #: The queues a view shows, in the order the work flows.
 WATCHED_QUEUES = (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME)
@@ -125,9 +127,9 @@ def queue_depths(connection: Any, names: tuple[str, ...] = WATCHED_QUEUES) -> li
 class Monitor:
     """Jobs, renditions, workers and queue depths; thread-safe, JSON-ready snapshots."""
 
-    def __init__(self, job_filter: str | None = None) -> None:
-        #: Only this job (``encodeq watch JOB``); None follows every job.
-        self.job_filter = job_filter
+    def __init__(self, job_filter: str | Iterable[str] | None = None) -> None:
+        #: Only this job (``encodeq watch JOB``) or these (``upload --wait``); None: every job.
+        self.job_filter = _job_ids(job_filter)
         self.jobs: dict[str, JobView] = {}
         self.workers: dict[str, WorkerView] = {}
         self.queues: list[QueueDepth] = []
@@ -135,10 +137,13 @@ class Monitor:
         self.events_seen = 0
         self._lock = threading.RLock()
 
+    def follows(self, job_id: str) -> bool:
+        return self.job_filter is None or job_id in self.job_filter
+
     # --- inputs --------------------------------------------------------------------------------
     def load_manifest(self, manifest: Manifest) -> JobView | None:
         """Take the manifest's state as the truth; live fields (fps, speed) are kept."""
-        if self.job_filter and manifest.job_id != self.job_filter:
+        if not self.follows(manifest.job_id):
             return None
         with self._lock:
             job = self.jobs.setdefault(manifest.job_id, JobView(manifest.job_id))
@@ -165,7 +170,7 @@ class Monitor:
         """Apply one lifecycle event; returns the job it concerns (None if filtered out)."""
         job_id = event.get("job_id")
         kind = str(event.get("event", ""))
-        if not isinstance(job_id, str) or (self.job_filter and job_id != self.job_filter):
+        if not isinstance(job_id, str) or not self.follows(job_id):
             return None
         with self._lock:
             self.events_seen += 1
@@ -318,7 +323,7 @@ class Monitor:
             return {
                 "time": now_iso(),
                 "jobs": [j.as_json() for j in self.sorted_jobs()],
-                "workers": [w.as_json() for w in sorted(self.workers.values(), key=_by_name)],
+                "workers": self.workers_json(),
                 "queues": [asdict(d) for d in self.queues],
                 "events_seen": self.events_seen,
             }
@@ -333,6 +338,12 @@ class Monitor:
                 "current": [asdict(d) for d in self.queues],
                 "history": list(self.queue_history),
             }
+
+
+def _job_ids(job_filter: str | Iterable[str] | None) -> frozenset[str] | None:
+    if job_filter is None:
+        return None
+    return frozenset([job_filter] if isinstance(job_filter, str) else job_filter)
 
 
 def _by_name(worker: WorkerView) -> str:

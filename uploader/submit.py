@@ -14,14 +14,15 @@ from urllib.parse import quote
 
 from kombu.exceptions import OperationalError
 
+from config.retry_policy import broker_retry
 from config.settings import get_settings
-from config.topology import declare_topology
+from config.topology import PROBE_TASK, declare_topology
+from core.celery_app import publisher
+from core.events import emit
+from core.job_model import EncodeMode, ErrorInfo, Manifest, SourceInfo
 from core.layout import UPLOADS, source_key
-from core.manifest import EncodeMode, ErrorInfo, JobStore, Manifest, SourceInfo
+from core.manifest import JobStore
 from core.storage import Storage
-from worker.app import app
-from worker.events import emit
-from worker.tasks import probe
 
 
 class SubmitError(Exception):
@@ -35,13 +36,11 @@ class BrokerUnavailable(SubmitError):
 def publish_probe(job_id: str) -> None:
     """Declare the topology (so a job published before any worker ran is kept) and publish the
     probe with publisher confirms, waiting up to ``broker_wait_s`` for an unreachable broker."""
-    wait = get_settings().broker_wait_s
+    app = publisher()
     with app.connection_for_write() as connection:
-        connection.ensure_connection(
-            max_retries=None, interval_start=0.5, interval_step=0.5, interval_max=2, timeout=wait
-        )
+        connection.ensure_connection(**broker_retry(timeout=get_settings().broker_wait_s))
         declare_topology(connection)
-        probe.apply_async(args=[job_id], connection=connection)
+        app.send_task(PROBE_TASK, args=[job_id], connection=connection)
 
 
 def check_file(path: Path) -> int:
@@ -97,5 +96,5 @@ def submit(
         jobs.set_state(job_id, "failed", error)
         message = f"{filename}: RabbitMQ did not take job {job_id} ({exc}); marked failed"
         raise BrokerUnavailable(message) from exc
-    emit("job.queued", job_id=job_id, filename=filename, size_bytes=size)
+    emit(publisher(), "job.queued", job_id=job_id, filename=filename, size_bytes=size)
     return manifest

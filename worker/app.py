@@ -1,6 +1,9 @@
-"""The Celery app: JSON only, late acks, prefetch 1, failures dead-lettered, quorum queues.
+"""The worker's Celery app: the shared one (core/celery_app.py) plus what only a consumer needs.
 
-Importing this module never connects anywhere; the uploader imports it too, to publish tasks.
+That is the task base class (the fault-injection drill), the failure-recording request and
+consumer (worker/failure_handling.py), the bootsteps (topology declared on every connection,
+host housekeeping, the janitor), and the task modules every worker registers. Importing this module
+never connects anywhere. Flower loads it too (``celery --app worker.app``).
 """
 
 from __future__ import annotations
@@ -10,13 +13,28 @@ from typing import Any
 from celery import Celery, Task
 
 from config.settings import get_settings
-from config.topology import CONTROL_QUEUE_NAME, TASK_ROUTES, WORK_EXCHANGE, work_queues
+from core.celery_app import create_app
 from core.errors import PermanentError
-from worker.failure_handling import DeclareTopology
+from worker.failure_handling import DeadLetteringConsumer, RecordingRequest
+from worker.housekeeping import Housekeeping
+from worker.janitor import Janitor
+from worker.topology_step import DeclareTopology
+
+#: Every module that defines tasks; a worker imports them all when it starts.
+TASK_MODULES = [
+    "worker.probe_task",
+    "worker.modes.per_rung",
+    "worker.modes.chunked.chunk_tasks",
+    "worker.modes.chunked.join_task",
+    "worker.modes.chunked.stragglers",
+    "worker.finalize",
+]
 
 
 class EncodeqTask(Task):
-    Request = "worker.failure_handling:RecordingRequest"
+    """Every task: failures recorded by ``RecordingRequest``; a drill can make any task fail."""
+
+    Request = RecordingRequest
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.name in get_settings().fail_tasks.split(","):
@@ -24,52 +42,14 @@ class EncodeqTask(Task):
         return super().__call__(*args, **kwargs)
 
 
-def create_app() -> Celery:
-    settings = get_settings()
-    app = Celery("encodeq", task_cls=EncodeqTask)
-    app.conf.update(
-        broker_url=settings.broker_url,
-        # JSON on the wire, nothing else accepted (a pickle body is dead-lettered, never loaded).
-        task_serializer="json",
-        accept_content=["json"],
-        event_serializer="json",
-        result_serializer="json",
-        result_backend=None,
-        task_ignore_result=True,
-        # At-least-once: ack after the work, reject (-> dead-letter) on failure, requeue when the
-        # worker process dies, one unacked message per process so others can compete for the rest.
-        task_acks_late=True,
-        task_acks_on_failure=False,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_queues=work_queues(),
-        task_default_queue=CONTROL_QUEUE_NAME,
-        task_default_exchange=WORK_EXCHANGE.name,
-        task_default_exchange_type=WORK_EXCHANGE.type,
-        task_default_routing_key="control",
-        task_create_missing_queues=False,
-        task_routes={name: {"queue": queue} for name, (queue, _key) in TASK_ROUTES.items()},
-        broker_transport_options={"confirm_publish": True},
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,
-        task_soft_time_limit=settings.encode_time_limit_s,
-        task_time_limit=settings.hard_time_limit_s,
-        # Task events for Flower.
-        worker_send_task_events=True,
-        # Remote control (the celery.pidbox broadcast queue) only where Flower needs it: a message
-        # published there can shut workers down (ENCODEQ_REMOTE_CONTROL, off by default).
-        worker_enable_remote_control=settings.remote_control,
-        task_send_sent_event=True,
-        worker_consumer="worker.failure_handling:DeadLetteringConsumer",
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-        include=["worker.tasks", "worker.chunked_tasks"],
-    )
+def create_worker_app() -> Celery:
+    app = create_app(task_cls=EncodeqTask)
+    app.conf.update(worker_consumer=DeadLetteringConsumer, include=TASK_MODULES)
     app.steps["consumer"].add(DeclareTopology)
     # Dead tasks' scratch folders swept, ended jobs' cache entries dropped on every host.
-    app.steps["consumer"].add("worker.housekeeping:Housekeeping")
-    # By name: the janitor imports the tasks, which import this module.
-    app.steps["worker"].add("worker.janitor:Janitor")
+    app.steps["consumer"].add(Housekeeping)
+    app.steps["worker"].add(Janitor)
     return app
 
 
-app = create_app()
+app = create_worker_app()

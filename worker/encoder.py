@@ -18,10 +18,11 @@ import ffmpeg
 from config.ladder import RenditionPlan
 from config.settings import Settings
 from core.errors import EncodeError
+from core.job_model import ProbeResult
 from core.layout import PLAYLIST_NAME
 from worker import process
 from worker.hls import AAC_LC, MediaPlaylistStats, avc1_codec, media_playlist_stats
-from worker.probe import SAFE_INPUT_OPTIONS, ProbeResult, read_limit_s
+from worker.probe import SAFE_INPUT_OPTIONS, read_limit_s
 
 SEGMENT_PATTERN = "seg_%05d.ts"
 FFMPEG_TIMEOUT_MARGIN_S = 10
@@ -197,7 +198,7 @@ def _number(text: str | None) -> float:
         return 0.0
 
 
-# --- chunked mode (worker/chunking.py splits, worker/joining.py joins) ----------------------------
+# --- chunked mode (worker/modes/chunked/: split.py cuts, joining.py joins) ----------------------
 #: Options of ``output_options`` that describe the HLS muxer, not the encoder.
 HLS_OPTIONS = ("f", "hls_time", "hls_playlist_type", "hls_flags", "hls_segment_filename")
 AUDIO_OPTIONS = ("c:a", "b:a", "ac", "ar")

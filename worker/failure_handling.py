@@ -8,7 +8,9 @@ is rejected without requeue and RabbitMQ dead-letters it. This module adds what 
   sees the failures the pool child cannot report itself: a SIGKILLed child (``WorkerLostError``).
 * ``DeadLetteringConsumer`` rejects (dead-letters) messages Celery would otherwise ack and forget:
   bodies that do not decode; and records why unknown or malformed messages were rejected.
-* ``DeclareTopology`` declares the DLX, DLQ and queues on every (re)connection of the consumer.
+
+What cannot be written while S3 is down waits in the outbox (worker/outbox.py) until the janitor
+flushes it (``flush_outbox``).
 """
 
 from __future__ import annotations
@@ -17,19 +19,19 @@ import logging
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
-from celery import bootsteps
+from celery import Celery
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded, WorkerLostError
 from celery.worker.consumer import Consumer
-from celery.worker.consumer.connection import Connection
 from celery.worker.request import Request
 from kombu.asynchronous import get_event_loop
 
 from config.retry_policy import TRANSIENT_ERRORS
 from config.settings import get_settings
-from config.topology import declare_topology
 from core.errors import PermanentError
+from core.events import emit
 from core.failures import FailureRecord, message_key, save_failure, tail
-from core.manifest import ErrorInfo, JobStore, is_job_id
+from core.job_model import ErrorInfo, is_job_id
+from core.manifest import JobStore
 from core.storage import Storage
 from worker import outbox
 
@@ -73,32 +75,33 @@ def _save(record: FailureRecord) -> None:
         outbox.spool(FAILURE_RECORD, record.model_dump(mode="json"))
 
 
-def _fail_job(job_id: str | None, rendition: str | None, code: str, message: str) -> None:
+def _fail_job(
+    app: Celery, job_id: str | None, rendition: str | None, code: str, message: str
+) -> None:
     if not job_id:
         return
     failure = {"job_id": job_id, "rendition": rendition, "code": code, "message": message}
     try:
-        _apply_job_failure(failure)
+        _apply_job_failure(app, failure)
     except Exception as exc:  # storage down: the job fails once it answers
         logger.warning("failure of job %s kept in the outbox: %s", job_id, exc)
         outbox.spool(JOB_FAILURE, failure)
 
 
-def flush_outbox() -> int:
-    """Write what failures could not write while S3 was down (the janitor calls this)."""
+def flush_outbox(app: Celery) -> int:
+    """Write what failures could not write while S3 was down (the janitor calls this); events
+    go out through ``app``."""
     return outbox.flush(
         {
             FAILURE_RECORD: lambda doc: save_failure(Storage(), FailureRecord.model_validate(doc)),
-            JOB_FAILURE: _apply_job_failure,
+            JOB_FAILURE: lambda doc: _apply_job_failure(app, doc),
         }
     )
 
 
-def _apply_job_failure(failure: dict[str, Any]) -> None:
+def _apply_job_failure(app: Celery, failure: dict[str, Any]) -> None:
     """Mark the job failed (it keeps its first error) and its rung failed; a completed job and
     a completed rung are left alone (a late duplicate failing after another copy finished)."""
-    from worker.events import emit  # late: events import the Celery app
-
     job_id, rendition = failure["job_id"], failure.get("rendition")
     code, message = failure["code"], failure["message"]
     jobs = JobStore(Storage())
@@ -113,7 +116,7 @@ def _apply_job_failure(failure: dict[str, Any]) -> None:
             jobs.save_rendition(job_id, record)
     # No cache drop here: every host (this one too) drops the job's entries on this event, once
     # no task of the job runs there (worker/host_cache.py), never under a sibling still working.
-    emit("job.failed", job_id=job_id, rendition=rendition, code=code, message=message)
+    emit(app, "job.failed", job_id=job_id, rendition=rendition, code=code, message=message)
 
 
 class RecordingRequest(Request):
@@ -150,7 +153,9 @@ class RecordingRequest(Request):
 
         def fail_job_when_rejected(looks_left: int) -> None:
             if self._message.acknowledged:
-                _fail_job(failure.job_id, self._rendition(), failure.code, failure.message)
+                _fail_job(
+                    self.task.app, failure.job_id, self._rendition(), failure.code, failure.message
+                )
             elif hub is not None and looks_left > 0:
                 hub.call_later(REJECT_LOOK_EVERY_S, fail_job_when_rejected, looks_left - 1)
 
@@ -229,12 +234,3 @@ class DeadLetteringConsumer(Consumer):
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         self._record(message, "invalid_message", exc, f"invalid task message: {exc}")
         super().on_invalid_task(body, message, exc)
-
-
-class DeclareTopology(bootsteps.StartStopStep):
-    """Declare exchanges, the DLQ and the work queues whenever the consumer connects."""
-
-    requires = (Connection,)
-
-    def start(self, c: Consumer) -> None:
-        declare_topology(c.connection)

@@ -45,8 +45,8 @@ from pathlib import Path
 
 from config.settings import get_settings
 from core.errors import PermanentError
+from core.job_model import is_job_id
 from core.layout import UPLOADS
-from core.manifest import is_job_id
 from core.storage import Storage, parse_uri
 from worker import scratch
 

@@ -7,7 +7,8 @@
   again. A probe that finds the job already claimed by another probe does nothing, so a job whose
   first probe was only slow is not encoded twice;
 * expired intermediates: the chunk objects of a failed chunked job are kept for a replay for
-  ``intermediates_ttl_s``, then removed (a completed job's are removed by finalize).
+  ``intermediates_ttl_s``, then removed (a completed job's are removed by finalize:
+  worker/intermediates.py).
 
 It runs on a thread of each worker's main process, never in the event loop (S3 calls may block
 for seconds during an outage). Several workers may sweep at once: every action is safe to repeat.
@@ -23,15 +24,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import bootsteps
+from celery import Celery, bootsteps
 
 from config.settings import Settings, get_settings
-from core.layout import UPLOADS, chunks_prefix
-from core.manifest import JobStore, Manifest, Requeues
+from config.topology import PROBE_TASK
+from core.events import emit
+from core.job_model import Manifest, Requeues
+from core.manifest import JobStore
 from core.storage import Storage
-from worker.events import emit
 from worker.failure_handling import flush_outbox
-from worker.tasks import probe
+from worker.intermediates import remove_intermediates
 
 logger = logging.getLogger(__name__)
 
@@ -51,20 +53,22 @@ class Sweep:
     expired: dict[str, int] = field(default_factory=dict)
 
 
-def requeue(jobs: JobStore, manifest: Manifest, requeues: Requeues | None) -> int:
+def requeue(app: Celery, jobs: JobStore, manifest: Manifest, requeues: Requeues | None) -> int:
     """Publish the probe of a job that stayed queued too long; how often it was. Recorded first
     (so the next sweep waits another ``orphan_after_s``); a publish that fails leaves it for the
-    next one. Only the job's requeue record is written, never the job document."""
+    next one. Only the job's requeue record is written, never the job document. Published by
+    name, as the uploader does: the message is the contract, not the task's module."""
     count = (requeues.count if requeues else 0) + 1
     jobs.save_requeues(manifest.job_id, Requeues(count=count))
-    probe.apply_async(args=[manifest.job_id])
-    emit("job.requeued", job_id=manifest.job_id, requeued=count)
+    app.send_task(PROBE_TASK, args=[manifest.job_id])
+    emit(app, "job.requeued", job_id=manifest.job_id, requeued=count)
     logger.warning("job %s stayed queued; probe published again (%d)", manifest.job_id, count)
     return count
 
 
-def sweep(storage: Storage, settings: Settings, now: datetime | None = None) -> Sweep:
-    """One pass over the jobs: requeue orphans, expire failed jobs' intermediates."""
+def sweep(app: Celery, storage: Storage, settings: Settings, now: datetime | None = None) -> Sweep:
+    """One pass over the jobs: requeue orphans (published through ``app``), expire failed jobs'
+    intermediates."""
     now = now or datetime.now(UTC)
     jobs = JobStore(storage)
     done = Sweep()
@@ -77,10 +81,10 @@ def sweep(storage: Storage, settings: Settings, now: datetime | None = None) -> 
             requeues = jobs.load_requeues(job_id)
             if requeues is not None and _seconds_since(requeues.at, now) <= settings.orphan_after_s:
                 continue  # published again not long ago: give that probe its time
-            requeue(jobs, manifest, requeues)
+            requeue(app, jobs, manifest, requeues)
             done.requeued.append(job_id)
         elif manifest.state == "failed" and age > settings.intermediates_ttl_s:
-            removed = storage.remove_prefix(UPLOADS, chunks_prefix(job_id))
+            removed = remove_intermediates(storage, job_id)
             if removed:
                 done.expired[job_id] = removed
                 logger.info(
@@ -96,6 +100,7 @@ class Janitor(bootsteps.StartStopStep):
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
+        self._app: Celery = parent.app
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -114,11 +119,11 @@ class Janitor(bootsteps.StartStopStep):
         next_sweep = time.monotonic() + random.uniform(0.2, 1.0) * settings.janitor_interval_s
         while not self._stop.wait(OUTBOX_EVERY_S):
             try:
-                flush_outbox()
+                flush_outbox(self._app)
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + random.uniform(0.5, 1.5) * (
                         settings.janitor_interval_s
                     )
-                    sweep(Storage(), settings)
+                    sweep(self._app, Storage(), settings)
             except Exception:  # S3 or the broker down: the next round tries again
                 logger.warning("janitor round failed", exc_info=True)

@@ -1,4 +1,5 @@
-"""ffprobe an untrusted upload, under limits, into what the ladder and encoder need.
+"""ffprobe an untrusted upload, under limits, into what the ladder and encoder need
+(``ProbeResult``, core/job_model.py: the manifest stores it as it is).
 
 Only the local copy the worker downloaded is ever opened: ``-protocol_whitelist file`` stops a
 playlist or concat script from reaching the network, and the demuxer allow-list stops HLS, concat,
@@ -9,13 +10,13 @@ stable code, which fails the job at once (no retry).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
 from core.errors import InputError
+from core.job_model import ProbeResult
 from worker import process
 
 #: Demuxers we accept (ffmpeg names). Not hls, concat, image2, lavfi, tty, or any other that
@@ -55,30 +56,13 @@ SAFE_INPUT_OPTIONS: dict[str, str] = {
 STILL_IMAGE_CODECS = {"png", "mjpeg", "bmp", "gif", "webp", "tiff", "jpeg2000"}
 
 #: The highest frame rate accepted; with ``max_duration_s`` it bounds how many video packets a
-#: source may hold (worker/chunking.py stops reading past that).
+#: source may hold (worker/modes/chunked/packets.py stops reading past that).
 MAX_FRAME_RATE = 240
 
 #: How far past its probed duration any ffmpeg may read a source: a container's duration is often
 #: a little short of its last frame, never by much unless it lies (``read_limit_s``).
 READ_MARGIN_S = 2.0
 READ_MARGIN_FRACTION = 0.01
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    container: str
-    duration: float
-    coded_width: int
-    coded_height: int
-    display_width: int
-    display_height: int
-    rotation: int
-    frame_rate: float
-    video_codec: str
-    has_audio: bool
-    #: How far audio and video disagree, in start time or length (s): chunked mode encodes them
-    #: apart and lays them side by side, so it cannot keep an offset between them.
-    av_mismatch_s: float = 0.0
 
 
 def safe_input_args() -> list[str]:
@@ -196,8 +180,8 @@ def check(info: dict[str, Any], settings: Settings) -> ProbeResult:
         duration=duration,
         coded_width=width,
         coded_height=height,
-        display_width=display_w,
-        display_height=display_h,
+        width=display_w,
+        height=display_h,
         rotation=rotation,
         frame_rate=frame_rate,
         video_codec=str(video.get("codec_name", "")),

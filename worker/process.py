@@ -104,24 +104,14 @@ def run(
         return bool(watch_dir and max_output_bytes and _dir_size(watch_dir) > max_output_bytes)
 
     too_large = EncodeError("output_too_large", f"output exceeded {max_output_bytes} bytes")
+
+    def check_size() -> None:  # at every progress report (twice a second)
+        if output_too_large():
+            stop(too_large)
+
     out: list[str] = []
     try:
-        block: dict[str, str] = {}
-        for line in proc.stdout:
-            if on_line is not None:
-                on_line(line)
-                continue
-            if on_progress is None:
-                out.append(line)
-                continue
-            key, _, value = line.strip().partition("=")
-            block[key] = value
-            if key != "progress":
-                continue
-            on_progress(block)
-            block = {}
-            if output_too_large():  # checked at every progress report (twice a second)
-                stop(too_large)
+        out = _read_stdout(proc, on_line, on_progress, check_size)
         proc.wait()
         if not stopped_for and output_too_large():  # finished between two reports
             stopped_for.append(too_large)
@@ -136,6 +126,34 @@ def run(
     if proc.returncode != 0:
         raise ProcessFailed(proc.returncode, "".join(stderr_tail))
     return "".join(out)
+
+
+def _read_stdout(
+    proc: subprocess.Popen[str],
+    on_line: Callable[[str], None] | None,
+    on_progress: Callable[[dict[str, str]], None] | None,
+    after_progress: Callable[[], None],
+) -> list[str]:
+    """Read the program's stdout to its end: each line to ``on_line``, else each ``-progress``
+    block to ``on_progress`` (then ``after_progress``), else kept and returned."""
+    out: list[str] = []
+    block: dict[str, str] = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if on_line is not None:
+            on_line(line)
+            continue
+        if on_progress is None:
+            out.append(line)
+            continue
+        key, _, value = line.strip().partition("=")
+        block[key] = value
+        if key != "progress":
+            continue
+        on_progress(block)
+        block = {}
+        after_progress()
+    return out
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:

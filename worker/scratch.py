@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from config.settings import get_settings
-from core.manifest import is_job_id
+from core.job_model import is_job_id
 
 logger = logging.getLogger(__name__)
 

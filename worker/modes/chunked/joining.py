@@ -14,9 +14,10 @@ from pathlib import Path
 import ffmpeg
 
 from config.settings import Settings
+from core.job_model import ProbeResult
 from core.layout import PLAYLIST_NAME
 from worker import encoder, process
-from worker.probe import ProbeResult, read_limit_s
+from worker.probe import read_limit_s
 
 
 def concat_list(chunks: list[Path], durations: list[float], path: Path) -> Path:

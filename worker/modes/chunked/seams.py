@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from config.settings import Settings
-from core.manifest import SeamCheck
+from core.job_model import SeamCheck
 from worker import process
 
 #: A frame interval at a seam may deviate from the nominal one by this fraction of a frame.

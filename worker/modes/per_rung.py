@@ -1,0 +1,161 @@
+"""Per-rung mode: one ``encode`` task per rung, each decoding the whole source, on competing
+workers; the last to finish publishes finalize.
+
+Every encode is safe to run twice (at-least-once delivery means it will be, sometimes): its outputs
+go to deterministic keys and are overwritten, and a duplicate of a completed rung does nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery import Task
+
+from config.ladder import RenditionPlan
+from config.retry_policy import retry_options
+from config.settings import Settings, get_settings
+from core.errors import EncodeError, PermanentError
+from core.events import emit
+from core.job_model import ProbeResult, Rendition
+from core.layout import PLAYLIST_NAME, rendition_prefix
+from core.manifest import JobStore
+from core.storage import Storage
+from worker import encoder, host_cache, process
+from worker.app import app
+from worker.finalize import finalize_when_done
+from worker.modes.strategy import FallBack, FanOut, ModePlan
+from worker.segment_upload import SegmentUploader
+from worker.task_support import load_job, reopen_if_replayed, workdir
+
+#: How often a running encode writes its progress into its rendition record (events go faster).
+RECORD_PROGRESS_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class WholeSource:
+    """Per-rung mode's plan: nothing to cut, nothing to count."""
+
+    chunks: None = None
+    frames: None = None
+
+
+class PerRungMode:
+    """Per-rung mode as an encode strategy (worker/modes/strategy.py)."""
+
+    def plan(self, source: Path, probe: ProbeResult) -> WholeSource:
+        return WholeSource()
+
+    def fan_out(self, job: FanOut, plan: ModePlan) -> FallBack | None:
+        """One encode per rung; per-rung mode never falls back (it is where others fall back to)."""
+        for rendition in job.manifest.renditions:
+            encode.apply_async(args=[job.job_id, rendition.name])
+        return None
+
+
+@app.task(name="encodeq.encode", bind=True, **retry_options())
+def encode(self: Task, job_id: str, rendition: str) -> None:
+    """Encode one rung to HLS and upload it under deterministic keys; trigger finalize when last."""
+    storage = Storage()
+    jobs = JobStore(storage)
+    manifest = load_job(jobs, job_id)
+    planned = {r.name: r for r in manifest.renditions}
+    if rendition not in planned:
+        raise PermanentError("bad_arguments", f"job {job_id} has no rendition {rendition!r}")
+    reopen_if_replayed(self, jobs, manifest)
+    done = jobs.load_rendition(job_id, rendition)
+    if done is not None and done.state == "completed":
+        # A duplicate delivery (a lost ack, a re-run probe): the output is already there.
+        finalize_when_done(jobs, job_id, list(planned))
+        return
+    record = planned[rendition].model_copy(
+        update={
+            "state": "encoding",
+            "worker": self.request.hostname,
+            "task_id": self.request.id,
+            "progress": 0.0,
+        }
+    )
+    jobs.save_rendition(job_id, record)
+    emit(app, "rendition.started", job_id=job_id, rendition=rendition, worker=record.worker)
+    plan = RenditionPlan(record.name, record.width, record.height, record.video_kbps)
+    settings = get_settings()
+    on_progress = _progress(jobs, job_id, record)
+    probe = manifest.source.probe
+    assert probe is not None  # the probe recorded it before it published this task
+    with workdir(job_id) as folder:
+        source = host_cache.local_source(storage, job_id, manifest.source.uri)
+        out_dir = folder / rendition
+        with SegmentUploader(storage, out_dir, rendition_prefix(job_id, rendition)) as uploads:
+            try:
+                result = encoder.encode(source, probe, plan, out_dir, settings, on_progress)
+            except process.ProcessFailed as exc:
+                raise EncodeError("encode_failed", f"ffmpeg failed: {exc}") from None
+            playlist_uri = uploads.finish(result.folder / PLAYLIST_NAME)
+    record = _completed(record, result, playlist_uri, probe, plan, settings)
+    jobs.save_rendition(job_id, record)
+    emit(
+        app,
+        "rendition.completed",
+        job_id=job_id,
+        rendition=rendition,
+        worker=record.worker,
+        playlist=playlist_uri,
+        size_bytes=record.size_bytes,
+    )
+    finalize_when_done(jobs, job_id, list(planned))
+
+
+def _progress(jobs: JobStore, job_id: str, record: Rendition) -> Callable[[encoder.Progress], None]:
+    """What ffmpeg's progress drives: an event every ``progress_interval_s``, the rendition's
+    record every ``RECORD_PROGRESS_EVERY_S``."""
+    settings = get_settings()
+    last = {"event": 0.0, "record": time.monotonic()}
+
+    def on_progress(p: encoder.Progress) -> None:
+        now = time.monotonic()
+        if now - last["event"] >= settings.progress_interval_s:
+            last["event"] = now
+            emit(
+                app,
+                "rendition.progress",
+                job_id=job_id,
+                rendition=record.name,
+                worker=record.worker,
+                progress=round(p.percent, 1),
+                fps=p.fps,
+                speed=p.speed,
+            )
+        if now - last["record"] >= RECORD_PROGRESS_EVERY_S:
+            last["record"] = now
+            record.progress = round(p.percent, 1)
+            jobs.save_rendition(job_id, record)
+
+    return on_progress
+
+
+def _completed(
+    record: Rendition,
+    result: encoder.EncodedRendition,
+    playlist_uri: str,
+    probe: ProbeResult,
+    plan: RenditionPlan,
+    settings: Settings,
+) -> Rendition:
+    """The rung's record once its playlist is published."""
+    return record.model_copy(
+        update={
+            "state": "completed",
+            "progress": 100.0,
+            "playlist": playlist_uri,
+            "bandwidth": result.stats.peak_bps,
+            "average_bandwidth": result.stats.average_bps,
+            "codecs": result.codecs,
+            "duration": result.stats.duration,
+            "segments": result.stats.segments,
+            "size_bytes": result.stats.size_bytes,
+            "encoder": {**encoder.encoder_settings(probe, plan, settings), "mode": "per-rung"},
+        }
+    )
