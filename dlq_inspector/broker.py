@@ -15,8 +15,12 @@ from typing import Any
 from amqp.exceptions import NotFound
 from kombu import Connection
 
+from config.retry_policy import broker_retry
 from config.settings import get_settings
 from config.topology import declare_topology
+
+#: Connection attempts after the first before a command gives up (on the shared schedule).
+CONNECT_RETRIES = 3
 
 
 @contextmanager
@@ -24,7 +28,7 @@ def connect(url: str | None = None, declare: bool = True) -> Iterator[Any]:
     """A connected py-amqp ``Connection``; the topology (DLQ, parked queue) declared first."""
     conn = Connection(url or get_settings().broker_url, heartbeat=0)
     try:
-        conn.ensure_connection(max_retries=3)
+        conn.ensure_connection(**broker_retry(max_retries=CONNECT_RETRIES))
         if declare:
             declare_topology(conn)
         read_ahead(conn.connection)

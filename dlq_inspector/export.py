@@ -1,38 +1,32 @@
-"""Export and import: a DLQ as JSON lines, lossless, so it can be saved, moved and restored.
+"""The export file: a DLQ as JSON lines, lossless, so it can be saved, moved and restored.
 
 One line per message: ``{"id", "body" (base64), "properties", "headers"}``. The body is kept byte
 for byte. Header and property values keep their AMQP types as py-amqp reads them: JSON's own
 types for strings, integers, floats, booleans, null, tables and arrays, and tagged objects for the
 rest (``{"$bytes": base64}``, ``{"$timestamp": epoch seconds}``, ``{"$decimal": "1.50"}``; a table
 with a key starting with ``$`` is wrapped as ``{"$table": {...}}``). Importing publishes each
-message as it was, x-death included, so the ids stay the same; ``validate`` checks a file before
-anything of it is published. Export files hold message bodies and tracebacks' subjects: they are
-created 0600.
+message as it was, x-death included, so the ids stay the same (importing.py); validate.py
+checks a file before anything of it is published. Export files hold message bodies and
+tracebacks' subjects: they are created 0600.
 """
 
 from __future__ import annotations
 
 import base64
 import calendar
-import contextlib
 import errno
 import json
 import os
 import stat
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-import amqp
-
-from dlq_inspector.broker import open_channel
 from dlq_inspector.message import PROPERTY_NAMES, DeadLetter
 
 FORMAT_VERSION = 1
-CONFIRM_TIMEOUT_S = 30.0
 
 
 def encode_value(value: Any) -> Any:
@@ -144,47 +138,3 @@ def write_export(path: Path, messages: Iterable[DeadLetter]) -> int:
     finally:
         writer.close()
     return writer.count
-
-
-def publish_into(conn: Any, queue: str, messages: Iterable[DeadLetter]) -> tuple[int, int]:
-    """Publish each message unchanged into ``queue`` with confirms; (routed, returned)."""
-    channel = open_channel(conn)
-    channel.confirm_select()
-    pending: set[int] = set()
-    nacked: list[int] = []
-    returned: list[str] = []
-
-    def on_ack(seq: int, multiple: bool) -> None:
-        done = {s for s in pending if s <= seq} if multiple else {seq}
-        pending.difference_update(done)
-
-    def on_nack(seq: int, multiple: bool) -> None:
-        nacked.append(seq)
-        on_ack(seq, multiple)
-
-    def on_return(exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        returned.append(routing_key)
-
-    channel.events["basic_ack"].add(on_ack)
-    channel.events["basic_nack"].add(on_nack)
-    channel.events["basic_return"].add(on_return)
-    sent = 0
-    try:
-        for message in messages:
-            body, props = message.copy_as_is()
-            sent += 1
-            pending.add(sent)
-            channel.basic_publish(
-                amqp.Message(body, **props), exchange="", routing_key=queue, mandatory=True
-            )
-        deadline = time.monotonic() + CONFIRM_TIMEOUT_S
-        while pending:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(pending)} imported messages were never confirmed")
-            with contextlib.suppress(TimeoutError):
-                conn.drain_events(timeout=1.0)
-    finally:
-        channel.close()
-    if nacked:
-        raise RuntimeError(f"the broker refused {len(nacked)} imported messages (nack)")
-    return sent - len(returned), len(returned)

@@ -10,10 +10,8 @@ Exact duplicates (an at-least-once copy) share an id: they are the same message.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from dlq_inspector.message import Death
+from dlq_inspector.death import Death
 
 ID_LENGTH = 12
 

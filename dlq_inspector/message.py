@@ -14,6 +14,8 @@ from typing import Any
 
 from config.topology import REPLAY_COUNT_HEADER
 from core.failures import message_key
+from dlq_inspector.death import Death, as_utc
+from dlq_inspector.framing import add_int_header
 from dlq_inspector.ids import message_id
 
 #: The AMQP basic properties, in wire order; ``application_headers`` is kept apart as headers.
@@ -32,47 +34,6 @@ PROPERTY_NAMES = (
     "app_id",
     "cluster_id",
 )
-
-
-def as_utc(value: Any) -> datetime | None:
-    """AMQP timestamps arrive as naive UTC datetimes; make them aware (None if not one)."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return None
-
-
-@dataclass(frozen=True)
-class Death:
-    """One ``x-death`` entry: the queue a message died in, why, how often, where it was sent."""
-
-    queue: str
-    reason: str
-    count: int
-    time: datetime | None
-    exchange: str
-    routing_keys: list[str]
-
-    @classmethod
-    def from_header(cls, entry: dict[str, Any]) -> Death:
-        keys = entry.get("routing-keys") or []
-        return cls(
-            queue=str(entry.get("queue", "")),
-            reason=str(entry.get("reason", "")),
-            count=int(entry.get("count", 1) or 1),
-            time=as_utc(entry.get("time")),
-            exchange=str(entry.get("exchange", "")),
-            routing_keys=[str(k) for k in keys] if isinstance(keys, list) else [],
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "queue": self.queue,
-            "reason": self.reason,
-            "count": self.count,
-            "time": self.time.isoformat() if self.time else None,
-            "exchange": self.exchange,
-            "routing_keys": self.routing_keys,
-        }
 
 
 @dataclass
@@ -232,8 +193,6 @@ class DeadLetter:
         is not there yet to be replaced); None otherwise (then ``copy_for_replay`` is used)."""
         if self.raw_properties is None or REPLAY_COUNT_HEADER in self.headers:
             return None
-        from dlq_inspector.framing import add_int_header
-
         return add_int_header(self.raw_properties, REPLAY_COUNT_HEADER, 1)
 
     def copy_as_is(self) -> tuple[bytes, dict[str, Any]]:

@@ -29,8 +29,9 @@ from typing import Any
 from config.topology import PARKED_QUEUE_NAME, TASK_ROUTES, WORK_EXCHANGE
 from core.failures import FailureRecord
 from dlq_inspector.broker import exchange_exists, queue_size
+from dlq_inspector.death import Death
 from dlq_inspector.filters import Selection
-from dlq_inspector.message import DeadLetter, Death
+from dlq_inspector.message import DeadLetter
 from dlq_inspector.stream import Decision, Keep, Publish
 
 DELAY_PREFIX = "celery_delayed"

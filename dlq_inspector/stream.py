@@ -83,6 +83,21 @@ class Outcome:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def ids(self) -> list[str]:
+        return [i for i, _ in self.moved]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "scanned": self.scanned,
+            "moved": self.total,
+            "targets": dict(self.counts),
+            "ids": self.ids,
+            "failed": [{"id": i, "why": w} for i, w in self.failed],
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
+        }
+
 
 class ConfirmTimeout(RuntimeError):
     pass

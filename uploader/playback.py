@@ -28,8 +28,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import quote, urlencode, urlsplit
 
-from core.layout import RENDITIONS
-from core.manifest import JobStore, Manifest, is_job_id
+from core.job_model import Manifest, is_job_id
+from core.layout import RENDITIONS, job_prefix
+from core.manifest import JobStore
 from core.storage import Storage, parse_uri
 
 #: A segment URL lives at least this long; longer for long videos (see ``segment_expiry``).
@@ -136,7 +137,7 @@ class Playback:
         }
 
         def variant(uri: str) -> str:
-            name = by_key.get(resolve(key, uri, f"{job_id}/"))
+            name = by_key.get(resolve(key, uri, job_prefix(job_id)))
             if name is None:
                 raise PlaybackError(500, "bad_playlist", f"master names no rendition: {uri!r}")
             return self.media_url(job_id, name, manifest.source.duration)

@@ -1,8 +1,9 @@
 """One events subscription per server, fanned out to every browser that listens.
 
-A thread owns the broker connection (kombu is blocking): it consumes ``encodeq.events`` through
-its own auto-deleted queue, keeps the shared ``Monitor`` (workers, live progress, queue depths over
-time) current, and hands each event to every connected SSE client's asyncio queue. A slow client
+A thread owns the broker connection (kombu is blocking): through the live feed
+(``core/live_feed.py``, the same one ``encodeq watch`` and ``upload --wait`` follow jobs with) it
+keeps the shared ``Monitor`` (workers, live progress, queue depths over time) current, and hands
+each event and queue-depth sample to every connected SSE client's asyncio queue. A slow client
 loses events rather than slowing the others down: events are best effort, the manifests behind
 ``GET /api/jobs`` are the truth. A lost broker connection is retried; clients stay connected.
 """
@@ -13,15 +14,14 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from typing import Any
 
 from kombu import Connection
 
-from console.watch import initial_state, load_manifests
-from core.events import EventSubscription
+from config.retry_policy import broker_retry
+from core.live_feed import LiveFeed
 from core.manifest import JobStore
-from core.monitor import Monitor, queue_depths
+from core.monitor import Monitor
 
 logger = logging.getLogger(__name__)
 
@@ -100,36 +100,35 @@ class EventHub:
         while not self._stop.is_set():
             try:
                 with Connection(self.broker_url, heartbeat=0) as connection:
-                    connection.ensure_connection(max_retries=1)
-                    with EventSubscription(
-                        connection, ("job.*", "rendition.*", "chunk.*")
-                    ) as events:
+                    connection.ensure_connection(**broker_retry(max_retries=1))
+                    with LiveFeed(
+                        connection,
+                        self.jobs,
+                        self.monitor,
+                        poll_every_s=POLL_EVERY_S,
+                        sample_every_s=SAMPLE_EVERY_S,
+                        on_poll_error=_poll_failed,
+                    ) as feed:
                         self.connected.set()
                         if not loaded:
-                            initial_state(self.monitor, self.jobs, None)
+                            feed.load()
                             loaded = True
-                        self._follow(connection, events)
+                        self._forward(feed)
             except Exception:
                 logger.warning("events: broker connection lost; retrying", exc_info=True)
             self.connected.clear()
             self._stop.wait(RECONNECT_S)
 
-    def _follow(self, connection: Connection, events: EventSubscription) -> None:
-        next_sample, next_poll = 0.0, time.monotonic() + POLL_EVERY_S
+    def _forward(self, feed: LiveFeed) -> None:
+        """Every event, then every queue-depth sample, to every client, as the feed brings them."""
         while not self._stop.is_set():
-            for event in events.events(timeout=0.25):
-                self.monitor.apply(event)
+            tick = feed.tick(timeout=0.25)
+            for event in tick.events:
                 self._broadcast(event)
-            now = time.monotonic()
-            if now >= next_sample:
-                self.monitor.set_queues(queue_depths(connection))
-                sample = self.monitor.queues_json()["history"][-1]
-                self._broadcast({"event": "queues", **sample})
-                next_sample = now + SAMPLE_EVERY_S
-            if now >= next_poll:
-                try:
-                    for manifest in load_manifests(self.jobs, self.monitor.in_flight()):
-                        self.monitor.load_manifest(manifest)
-                except Exception:  # storage down: the next poll tries again
-                    logger.warning("events: could not re-read manifests", exc_info=True)
-                next_poll = now + POLL_EVERY_S
+            if tick.queues is not None:
+                self._broadcast({"event": "queues", **tick.queues})
+
+
+def _poll_failed(exc: Exception) -> None:
+    """Storage down: the feed's next poll tries again."""
+    logger.warning("events: could not re-read manifests", exc_info=exc)

@@ -22,7 +22,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from config.settings import Settings
-from core.manifest import Manifest
+from core.job_model import Manifest
 from core.storage import Storage
 from uploader.submit import BrokerUnavailable, SubmitError, submit
 

@@ -1,4 +1,5 @@
-"""Running the HTTP service: uvicorn, always behind a token, never with a well-known secret.
+"""Running the HTTP service: uvicorn, always behind a token, never with a well-known secret
+(main.py is the command that calls ``serve``).
 
 There is always a token, on loopback too: any page the browser opens can send requests to
 127.0.0.1, and any local user can connect to it. Without ``ENCODEQ_API_TOKEN`` one is generated at

@@ -1,0 +1,5 @@
+"""``python -m dlq_inspector ...``: the same commands as ``encodeq dlq ...`` (cli.py)."""
+
+from dlq_inspector.cli import app
+
+app()

@@ -1,0 +1,41 @@
+"""``POST /api/uploads``: one file, streamed to a private temporary file (intake.py), submitted
+as a job the way ``encodeq upload`` submits one; 202 with the queued job.
+
+A file that is not a video is accepted like any other upload: whether bytes are a video is
+ffprobe's call on a worker, under its limits, not the web server's; the job then fails with the
+probe's error code (``not_a_video``...) and its task is dead-lettered, where the DLQ panel shows it.
+Refused at once: no file, an empty file, a body that is not multipart (400/415), and anything
+over ``max_upload_bytes`` (413, while streaming).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from uploader.web.intake import receive, remove, submit_received
+from uploader.web.job_view import job_document, job_links
+from uploader.web.state import Web
+
+router = APIRouter()
+
+
+@router.post("/api/uploads", status_code=202)
+async def upload(request: Request, web: Web) -> JSONResponse:
+    """multipart/form-data with one file in field ``file``; 202 with the queued job."""
+    received = await receive(
+        request.headers.get("content-type"),
+        request.headers.get("content-length"),
+        request.stream(),
+        web.settings,
+    )
+    try:
+        manifest = await run_in_threadpool(submit_received, received, web.storage)
+    finally:
+        remove(received)
+    return JSONResponse(
+        {**job_document(web, manifest), "links": job_links(web, manifest)},
+        status_code=202,
+        headers={"Location": f"/api/jobs/{manifest.job_id}"},
+    )
