@@ -28,8 +28,9 @@ from minio.credentials import StaticProvider
 from minio.error import MinioAdminException, S3Error
 from minio.minioadmin import MinioAdmin
 
-from config.exposure import check_default_secrets
-from config.settings import Settings
+from config.exposure import DefaultSecretError, check_default_secrets
+from config.settings import Settings, get_settings
+from console.terminal import fail, out
 from core.layout import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
 
 #: Every bucket the project uses.
@@ -181,3 +182,14 @@ def setup(settings: Settings, log: Callable[[str], None] = print) -> None:
         raise SetupError(
             f"the MinIO admin API at {settings.s3_endpoint} refused or does not exist: {exc}"
         ) from exc
+
+
+def command() -> None:
+    """With MinIO's root key: create the buckets and the least-privilege users of the workers
+    and the dashboard (ENCODEQ_WORKER_S3_*, ENCODEQ_DASHBOARD_S3_*). Compose runs it once."""
+    try:
+        setup(get_settings(), log=lambda line: out.print(line, markup=False, highlight=False))
+    except DefaultSecretError as exc:
+        fail(str(exc))
+    except SetupError as exc:
+        fail(str(exc), code=1)

@@ -13,8 +13,6 @@ import urllib.error
 import urllib.request
 from contextlib import closing
 
-from moto.server import ThreadedMotoServer
-
 
 def free_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
@@ -39,6 +37,10 @@ class EmbeddedS3:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        # Imported here: moto takes a third of a second to load, and every ``encodeq`` command
+        # loads this module (the demo's); only the demo and the tests ever start the server.
+        from moto.server import ThreadedMotoServer
+
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
 
     def start(self) -> str:

@@ -1,9 +1,8 @@
-"""``encodeq watch [JOB]``: a live terminal view of the pipeline, fed by the lifecycle events.
+"""``encodeq watch [JOB]``: a live terminal view of the pipeline.
 
-It subscribes first (a private auto-deleted queue on ``encodeq.events``: pub-sub, it takes no work
-from anyone), then reads the manifests of the jobs in flight, so nothing that happens in between is
-missed; from then on events drive the view and the manifests are re-read now and then (events are
-best effort, manifests are the truth). Queue depths come from passive declares.
+What it shows is the live job model (``core/monitor.py``) as the live feed keeps it
+(``core/live_feed.py``: subscribed first, then the manifests, then events, manifests re-read now and
+then, queue depths by passive declares); this module draws it and decides when to stop.
 """
 
 from __future__ import annotations
@@ -11,10 +10,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Annotated, Any
 
+import typer
+from kombu import Connection
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -23,16 +22,18 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from core.events import EventSubscription
-from core.manifest import JobStore, Manifest
-from core.monitor import JobView, Monitor, queue_depths
+from config.settings import get_settings
+from console.terminal import err, fail, out
+from core.job_model import is_job_id
+from core.live_feed import LiveFeed
+from core.manifest import JobStore
+from core.monitor import JobView, Monitor
+from core.storage import Storage
 
 #: How often queue depths are sampled and the screen redrawn.
 TICK_S = 1.0
 #: Manifests of jobs in flight are re-read this often (events may be lost; manifests are not).
 POLL_EVERY_S = 3.0
-#: Finished jobs shown at start: the most recent failures, so a watcher sees what just broke.
-RECENT_FAILED = 5
 STATE_STYLE = {
     "queued": "yellow",
     "probing": "cyan",
@@ -41,29 +42,6 @@ STATE_STYLE = {
     "failed": "red",
     "pending": "dim",
 }
-
-
-def load_manifests(jobs: JobStore, job_ids: list[str]) -> list[Manifest]:
-    """Manifests of ``job_ids``, read in parallel (each is a few S3 round trips)."""
-    if not job_ids:
-        return []
-    with ThreadPoolExecutor(8) as pool:
-        found = list(pool.map(jobs.load, job_ids))
-    return [m for m in found if m is not None]
-
-
-def initial_state(monitor: Monitor, jobs: JobStore, job_id: str | None) -> None:
-    """One job, or every job in flight plus the latest failures, from their manifests."""
-    if job_id:
-        manifest = jobs.load(job_id)
-        if manifest is not None:
-            monitor.load_manifest(manifest)
-        return
-    manifests = load_manifests(jobs, jobs.job_ids())
-    running = [m for m in manifests if not m.finished]
-    failed = sorted((m for m in manifests if m.state == "failed"), key=lambda m: m.updated_at)
-    for manifest in [*failed[-RECENT_FAILED:], *running]:
-        monitor.load_manifest(manifest)
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -156,9 +134,35 @@ def render(monitor: Monitor) -> Group:
     return Group(top, *panels, footer)
 
 
-# --- the loop ------------------------------------------------------------------------------------
+# --- the command ---------------------------------------------------------------------------------
+def watch(
+    job_id: Annotated[str | None, typer.Argument(metavar="[JOB]", help="Only this job.")] = None,
+    until_done: Annotated[
+        bool, typer.Option(help="Exit when the job (or every job in flight) ended: 0 completed.")
+    ] = False,
+    once: Annotated[bool, typer.Option(help="Print the current state once and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final state as JSON.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+) -> None:
+    """Live view: per job one bar per rendition (worker, fps, speed), queue depths, workers."""
+    if job_id is not None and not is_job_id(job_id):
+        fail(f"no job {job_id!r}", code=1)
+    with Connection(get_settings().broker_url, heartbeat=0) as connection:
+        code = run_watch(
+            connection,
+            JobStore(Storage()),
+            job_id,
+            err if as_json else out,
+            until_done=until_done,
+            once=once,
+            as_json=as_json,
+            timeout_s=timeout,
+        )
+    raise typer.Exit(code)
+
+
 def run_watch(
-    connection: Any,
+    connection: Connection,
     jobs: JobStore,
     job_id: str | None,
     console: Console,
@@ -166,7 +170,6 @@ def run_watch(
     once: bool = False,
     as_json: bool = False,
     timeout_s: float | None = None,
-    on_subscribed: Callable[[str], None] | None = None,
 ) -> int:
     """Watch until Ctrl-C (or, with ``until_done``, until the job(s) in view ended).
 
@@ -174,69 +177,46 @@ def run_watch(
     timeout passed first, 1 when ``JOB`` does not exist.
     """
     monitor = Monitor(job_filter=job_id)
-    with EventSubscription(connection, ("job.*", "rendition.*", "chunk.*")) as events:
-        if on_subscribed is not None:
-            on_subscribed(events.queue.name)
-        initial_state(monitor, jobs, job_id)
+    feed = LiveFeed(connection, jobs, monitor, poll_every_s=POLL_EVERY_S, sample_every_s=TICK_S)
+    with feed:
+        feed.load([job_id] if job_id else None)
         if job_id and monitor.job(job_id) is None:
             console.print(f"[red]no job {escape(job_id)}[/]")
             return 1
-        monitor.set_queues(queue_depths(connection))
+        feed.sample_queues()
         if once:
             _emit(monitor, console, as_json)
             return 0
         waited_for = [job_id] if job_id else monitor.in_flight()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        live = Live(
+        with Live(
             render(monitor),
             console=console,
             refresh_per_second=4,
             transient=as_json,
             auto_refresh=False,
-        )
-        code = 0
-        with live:
-            next_tick, next_poll = 0.0, time.monotonic() + POLL_EVERY_S
-            while True:
-                for event in events.events(timeout=0.25):
-                    monitor.apply(event)
-                now = time.monotonic()
-                if now >= next_poll:
-                    for manifest in load_manifests(jobs, monitor.in_flight()):
-                        monitor.load_manifest(manifest)
-                    next_poll = now + POLL_EVERY_S
-                if now >= next_tick:
-                    monitor.set_queues(queue_depths(connection))
-                    next_tick = now + TICK_S
-                if until_done:
-                    done = _ended(monitor, jobs, waited_for)
-                    if done is not None:
-                        code = done
-                        break
-                if deadline is not None and now > deadline:
-                    code = 3
-                    break
-                live.update(render(monitor), refresh=True)
+        ) as live:
+            code = _follow(feed, live, waited_for if until_done else None, deadline)
             live.update(render(monitor), refresh=True)
     if as_json:
         _emit(monitor, console, as_json=True)
     return code
 
 
-def _ended(monitor: Monitor, jobs: JobStore, waited_for: list[str]) -> int | None:
-    """None while a job waited for still runs; else 0 when all completed, 1 when any failed.
-
-    A job is only taken as ended once its manifest says so: the manifest is what a user reads next.
-    """
-    views = [monitor.job(j) for j in waited_for]
-    if any(v is None or not v.finished for v in views):
-        return None
-    manifests = load_manifests(jobs, waited_for)
-    for manifest in manifests:
-        monitor.load_manifest(manifest)
-    if len(manifests) < len(waited_for) or any(not m.finished for m in manifests):
-        return None
-    return 0 if all(m.state == "completed" for m in manifests) else 1
+def _follow(
+    feed: LiveFeed, live: Live, waited_for: list[str] | None, deadline: float | None
+) -> int:
+    """Redraw after every turn of the feed until the jobs waited for ended (0: all completed, 1:
+    any failed) or the deadline passed (3); without either, until Ctrl-C."""
+    while True:
+        feed.tick(timeout=0.25)
+        if waited_for is not None:
+            ended = feed.ended(waited_for)
+            if len(ended) == len(waited_for):
+                return 0 if all(m.state == "completed" for m in ended.values()) else 1
+        if deadline is not None and time.monotonic() > deadline:
+            return 3
+        live.update(render(feed.monitor), refresh=True)
 
 
 def _emit(monitor: Monitor, console: Console, as_json: bool) -> None:
