@@ -14,44 +14,17 @@ same way. ``JobStore.load`` joins them. The documents themselves are defined in 
 from __future__ import annotations
 
 from core.job_model import (
-    ChunkPlan,
     ChunkRecord,
-    EncodeMode,
     ErrorInfo,
     JobState,
     Manifest,
     PastError,
-    ProbeResult,
     Rendition,
-    RenditionState,
     Requeues,
-    SeamCheck,
-    SourceInfo,
-    is_job_id,
     now_iso,
 )
 from core.layout import JOBS, chunk_record_key, manifest_key, rendition_record_key, requeues_key
 from core.storage import Storage
-
-#: The job model's names, here too: what is stored and how are read side by side.
-__all__ = [
-    "ChunkPlan",
-    "ChunkRecord",
-    "EncodeMode",
-    "ErrorInfo",
-    "JobState",
-    "JobStore",
-    "Manifest",
-    "PastError",
-    "ProbeResult",
-    "Rendition",
-    "RenditionState",
-    "Requeues",
-    "SeamCheck",
-    "SourceInfo",
-    "is_job_id",
-    "now_iso",
-]
 
 
 class JobStore:
