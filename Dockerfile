@@ -1,5 +1,5 @@
 # The encodeq image: the worker by default; compose also runs Flower, minio-setup and the
-# uploader (encodeq serve) from it.
+# uploader (python -m uploader.web) from it.
 FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -22,4 +22,5 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/enc
 USER encodeq
 ENV ENCODEQ_WORK_DIR=/var/lib/encodeq
 
-CMD ["encodeq", "worker", "--concurrency", "2", "--loglevel", "INFO"]
+# The worker (worker/__main__.py), as compose's worker service runs it.
+CMD ["python", "-m", "worker", "--concurrency", "2", "--loglevel", "INFO"]

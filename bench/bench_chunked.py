@@ -8,7 +8,7 @@ Side by side in one run, same source, same rungs, same encoder settings (worker/
   (c1) the same with one encoder thread per worker (ENCODEQ_FFMPEG_THREADS=1): one worker per
        core, the deployment chunked mode is made for (no two ffmpegs fighting over the cores)
   (s1, s2) the chunked pipeline with 1 and 2 workers, each pinned to its own core
-      (``taskset -c N encodeq worker``) with ENCODEQ_FFMPEG_THREADS=1: N single-core hosts.
+      (``taskset -c N python -m worker``) with ENCODEQ_FFMPEG_THREADS=1: N single-core hosts.
       speed-up s1/s2 (target >= 1.8) and efficiency; then, on paper, 8 and 32 hosts from the
       measured per-chunk time and serial part (probe + split + joins + finalize + queue).
 
@@ -27,22 +27,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))  # the suite's helpers: one stack, fleet, media recipe
 
-from isolation import isolated_stack, run_job, worker_fleet  # noqa: E402
+from chunked_model import HOSTS, Chunked, Model, Result  # noqa: E402
+from support.fleet import worker_fleet  # noqa: E402
+from support.media import make_video  # noqa: E402
+from support.stack import isolated_stack  # noqa: E402
+from timed_job import run_job  # noqa: E402
 
 SOURCES: dict[str, tuple[int, int, float, int]] = {
     # name: width, height, seconds, chunk seconds (a multiple of the 4 s segment: an even number
@@ -51,77 +54,11 @@ SOURCES: dict[str, tuple[int, int, float, int]] = {
     "1080p60": (1920, 1080, 60.0, 8),
     "720p300": (1280, 720, 300.0, 32),
 }
-HOSTS = (1, 2, 4, 8, 16, 32)
-
-
-@dataclass
-class Chunked:
-    """One chunked job: wall time, phases, and what each chunk took."""
-
-    seconds: float
-    chunks: int
-    #: Each chunk task's wall time, and its ffmpeg's alone (the difference: per-chunk overhead).
-    chunk_seconds: list[float]
-    encode_seconds: list[float]
-    audio_seconds: float
-    rungs: int
-    split: str
-    phases: dict[str, float]
-    local_cpu_seconds: float
-
-
-@dataclass
-class Result:
-    name: str
-    width: int
-    height: int
-    duration: float
-    chunk_length: int
-    times: dict[str, float] = field(default_factory=dict)
-    phases: dict[str, dict[str, float]] = field(default_factory=dict)
-    local_cpu_seconds: float = 0.0
-    chunks: int = 0
-    split: str = ""
-    model: dict[str, float] = field(default_factory=dict)
-    #: Modelled seconds on N hosts: with this source's chunks, and with one chunk per host.
-    hosts: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
 def make_source(path: Path, width: int, height: int, duration: float) -> Path:
     """testsrc2 + tone, keyframes every 2 s (on the segment grid: the stream-copy split)."""
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=s={width}x{height}:r=30:d={duration}",
-            "-f",
-            "lavfi",
-            "-i",
-            f"sine=f=440:d={duration}",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "fast",
-            "-crf",
-            "18",
-            "-g",
-            "60",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-shortest",
-            str(path),
-        ],
-        check=True,
-    )
-    return path
+    return make_video(path, width, height, duration, fps=30, preset="fast", crf=18, gop=60)
 
 
 def one_process(source: Path, out: Path) -> float:
@@ -176,54 +113,6 @@ def chunked_pipeline(source: Path, workers: int, pinned: bool, one_thread: bool 
         phases=phases,
         local_cpu_seconds=run.local_cpu_seconds,
     )
-
-
-@dataclass
-class Model:
-    """N single-core hosts, from the 1-host run: what does not split, plus the chunks.
-
-    head   = upload + probe until the first chunk starts (serial)
-    tail   = joins + finalize (one join per rung: they spread over up to ``rungs`` hosts)
-    chunks = waves of the mean chunk task, the audio task filling a gap or adding its share
-    With the chunk length chosen per host count (``sized``: one chunk per host), the chunk phase is
-    the encode work divided by the hosts plus one per-chunk overhead.
-    """
-
-    head: float
-    tail: float
-    rungs: int
-    chunks: int
-    per_chunk: float
-    overhead: float
-    encode: float
-    audio: float
-
-    @classmethod
-    def of(cls, t1: Chunked) -> Model:
-        return cls(
-            head=t1.phases["upload"] + t1.phases["probe + split"],
-            tail=t1.phases["joins + finalize"],
-            rungs=t1.rungs,
-            chunks=t1.chunks,
-            per_chunk=statistics.mean(t1.chunk_seconds),
-            overhead=statistics.mean(
-                a - b for a, b in zip(t1.chunk_seconds, t1.encode_seconds, strict=True)
-            ),
-            encode=sum(t1.encode_seconds),
-            audio=t1.audio_seconds,
-        )
-
-    def _around(self, hosts: int) -> float:
-        return self.head + self.tail / min(hosts, self.rungs)
-
-    def seconds(self, hosts: int) -> float:
-        """This source's chunks on ``hosts`` hosts."""
-        waves = math.ceil(self.chunks / hosts) * self.per_chunk
-        return self._around(hosts) + max(waves, (self.chunks * self.per_chunk + self.audio) / hosts)
-
-    def sized(self, hosts: int) -> float:
-        """One chunk per host (``ENCODEQ_CHUNK_SECONDS`` = duration / hosts)."""
-        return self._around(hosts) + (self.encode + self.audio) / hosts + self.overhead
 
 
 def bench(name: str, tmp: Path, repeat: int) -> Result:

@@ -31,20 +31,19 @@ from kombu import Connection
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the suite's helpers: one stack, one queue-depth helper
+
+from support.broker import queue_state  # noqa: E402
+from support.stack import isolated_stack  # noqa: E402
 
 from config.topology import (  # noqa: E402
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE_NAME,
     PARKED_QUEUE_NAME,
 )
-from console.s3server import EmbeddedS3  # noqa: E402
 
 ORIGIN = "bench.origin"
 TARGET = PARKED_QUEUE_NAME
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 def fill(url: str, count: int) -> set[str]:
@@ -96,11 +95,7 @@ def fill(url: str, count: int) -> set[str]:
 
 
 def queue_count(url: str, queue: str) -> int:
-    with Connection(url) as conn:
-        ch = conn.channel()
-        _, n, _ = ch.queue_declare(queue, passive=True)
-        ch.close()
-    return int(n)
+    return queue_state(queue, url)[0]
 
 
 def wait_count(url: str, queue: str, count: int, timeout: float = 120) -> None:
@@ -159,71 +154,61 @@ def main() -> int:
     parser.add_argument("--naive-messages", type=int, default=2_000)
     args = parser.parse_args()
 
-    vhost = f"encodeq-bench-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    s3 = EmbeddedS3()
-    endpoint = s3.start()
-    env = {
-        **os.environ,
-        "ENCODEQ_BROKER_URL": url,
-        "ENCODEQ_S3_ENDPOINT": endpoint,
-        "ENCODEQ_S3_ACCESS_KEY": "bench",
-        "ENCODEQ_S3_SECRET_KEY": "bench",
-        "ENCODEQ_BUCKET_PREFIX": "bench-",
-        # This working tree's code, whatever checkout the editable install points at.
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-    }
-    os.environ.update(env)
-    try:
-        ids = fill(url, args.messages)
-        cli = [shutil.which("encodeq") or "encodeq", "dlq", "replay", "--all", "--to", TARGET]
-        started = time.perf_counter()
-        result = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        if result.returncode != 0:
-            raise SystemExit(f"replay failed ({result.returncode}):\n{result.stderr[-3000:]}")
-        report = json.loads(result.stdout)
-        moved = drain_ids(url, TARGET)
-        left = queue_count(url, DEAD_LETTER_QUEUE_NAME)
-        lost = len(ids - set(moved))
-        duplicated = len(moved) - len(set(moved))
-        ok = lost == 0 and duplicated == 0 and left == 0 and report["moved"] == args.messages
+    with isolated_stack("bench") as stack:
+        url = stack["ENCODEQ_BROKER_URL"]
+        env = {
+            **os.environ,
+            "ENCODEQ_BUCKET_PREFIX": "bench-",
+            # This working tree's code, whatever checkout the editable install points at.
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+            ),
+        }
+        return measure(url, env, args.messages, args.naive_messages)
 
-        fill(url, args.naive_messages)
-        naive_s = naive(url, args.naive_messages)
-        naive_moved = queue_count(url, TARGET)
 
-        engine_rate = args.messages / report["seconds"]
-        wall_rate = args.messages / wall
-        naive_rate = args.naive_messages / naive_s
-        print(f"{'':34} {'messages':>9} {'seconds':>8} {'msg/s':>9}")
-        print(
-            f"{'replay --all (engine)':34} {args.messages:>9} {report['seconds']:>8.2f} "
-            f"{engine_rate:>9.0f}"
-        )
-        print(
-            f"{'replay --all (CLI wall, w/ start)':34} {args.messages:>9} {wall:>8.2f} "
-            f"{wall_rate:>9.0f}"
-        )
-        print(
-            f"{'naive get/publish+confirm/ack':34} {args.naive_messages:>9} {naive_s:>8.2f} "
-            f"{naive_rate:>9.0f}"
-        )
-        print(
-            f"ratio engine/naive: {engine_rate / naive_rate:.1f}x   "
-            f"ratio CLI wall/naive: {wall_rate / naive_rate:.1f}x"
-        )
-        print(
-            f"check: replayed {report['moved']}, arrived {len(moved)}, lost {lost}, "
-            f"duplicated {duplicated}, left in DLQ {left}, naive moved {naive_moved}: "
-            f"{'OK' if ok and naive_moved == args.naive_messages else 'FAILED'}"
-        )
-        return 0 if ok else 1
-    finally:
-        s3.stop()
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+def measure(url: str, env: dict[str, str], messages: int, naive_messages: int) -> int:
+    """Replay ``messages`` dead letters with the CLI, then ``naive_messages`` the naive way."""
+    ids = fill(url, messages)
+    cli = [shutil.which("encodeq") or "encodeq", "dlq", "replay", "--all", "--to", TARGET]
+    started = time.perf_counter()
+    result = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"replay failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    report = json.loads(result.stdout)
+    moved = drain_ids(url, TARGET)
+    left = queue_count(url, DEAD_LETTER_QUEUE_NAME)
+    lost = len(ids - set(moved))
+    duplicated = len(moved) - len(set(moved))
+    ok = lost == 0 and duplicated == 0 and left == 0 and report["moved"] == messages
+
+    fill(url, naive_messages)
+    naive_s = naive(url, naive_messages)
+    naive_moved = queue_count(url, TARGET)
+
+    engine_rate = messages / report["seconds"]
+    wall_rate = messages / wall
+    naive_rate = naive_messages / naive_s
+    print(f"{'':34} {'messages':>9} {'seconds':>8} {'msg/s':>9}")
+    print(
+        f"{'replay --all (engine)':34} {messages:>9} {report['seconds']:>8.2f} {engine_rate:>9.0f}"
+    )
+    print(f"{'replay --all (CLI wall, w/ start)':34} {messages:>9} {wall:>8.2f} {wall_rate:>9.0f}")
+    print(
+        f"{'naive get/publish+confirm/ack':34} {naive_messages:>9} {naive_s:>8.2f} "
+        f"{naive_rate:>9.0f}"
+    )
+    print(
+        f"ratio engine/naive: {engine_rate / naive_rate:.1f}x   "
+        f"ratio CLI wall/naive: {wall_rate / naive_rate:.1f}x"
+    )
+    print(
+        f"check: replayed {report['moved']}, arrived {len(moved)}, lost {lost}, "
+        f"duplicated {duplicated}, left in DLQ {left}, naive moved {naive_moved}: "
+        f"{'OK' if ok and naive_moved == naive_messages else 'FAILED'}"
+    )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,44 +27,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))  # the suite's helpers: one stack, fleet, media recipe
 
-from isolation import isolated_stack, run_job, worker_fleet  # noqa: E402
+from support.fleet import worker_fleet  # noqa: E402
+from support.media import make_video  # noqa: E402
+from support.stack import isolated_stack  # noqa: E402
+from timed_job import run_job  # noqa: E402
 
 from core.layout import PLAYLIST_NAME  # noqa: E402
 
 
 def make_source(path: Path, width: int, height: int, duration: float) -> Path:
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=s={width}x{height}:r=30:d={duration}",
-            "-f",
-            "lavfi",
-            "-i",
-            f"sine=f=440:d={duration}",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "fast",
-            "-crf",
-            "18",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-shortest",
-            str(path),
-        ],
-        check=True,
-    )
-    return path
+    """testsrc2 + tone at 30 fps, encoded well (CRF 18): a source worth encoding again."""
+    return make_video(path, width, height, duration, fps=30, preset="fast", crf=18)
 
 
 def one_process_all_rungs(source: Path, out: Path) -> float:
@@ -79,7 +53,7 @@ def one_process_all_rungs(source: Path, out: Path) -> float:
 
     settings = get_settings()
     result = probe(source, settings)
-    plans = choose_renditions(result.display_width, result.display_height)
+    plans = choose_renditions(result.width, result.height)
     stream = ffmpeg.input(str(source), **SAFE_INPUT_OPTIONS)
     branches = stream["v:0"].filter_multi_output("split", len(plans))
     outputs = []
@@ -105,7 +79,7 @@ def process_per_rung(source: Path, out: Path, parallel: int = 2) -> float:
 
     settings = get_settings()
     result = probe(source, settings)
-    plans = choose_renditions(result.display_width, result.display_height)
+    plans = choose_renditions(result.width, result.height)
 
     def run(plan) -> None:
         folder = out / plan.name

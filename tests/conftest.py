@@ -1,47 +1,39 @@
-"""Test-run isolation: a RabbitMQ vhost and S3 bucket prefix of its own, set up before any import.
+"""Test-run isolation: a RabbitMQ vhost and S3 bucket prefix of its own, planned before any import.
 
 The environment is set in ``pytest_configure`` (before test modules import the Celery app, which
-reads its settings once), so this process and every ``encodeq worker`` subprocess talk to the same
-per-run vhost and buckets. Nothing here is mocked: real RabbitMQ, a real S3 server over HTTP (moto,
+reads its settings once), so this process and every worker subprocess talk to the same per-run
+vhost and buckets. Nothing here is mocked: real RabbitMQ, a real S3 server over HTTP (moto,
 standing in for MinIO on machines without it), real ffmpeg.
+
+The tiers (markers in pyproject.toml): ``unit`` tests need no broker, no S3 server and no worker,
+so the vhost and the S3 server are only brought up once collection has selected a test that is
+not ``unit``: ``python3 -m pytest -m unit`` runs with RabbitMQ down. The broker is the one
+``ENCODEQ_BROKER_URL`` names (its host, port and user; RabbitMQ's default on 127.0.0.1 unset),
+on a vhost of the run's own.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.fleet import WorkerFleet
+from support.stack import Stack
 
-from console.s3server import EmbeddedS3
-
-RUN_ID = uuid.uuid4().hex[:8]
-VHOST = f"encodeq-test-{RUN_ID}"
-_s3: EmbeddedS3 | None = None
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+_stack: Stack | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _s3
+    global _stack
     if hasattr(config, "workerinput"):  # pragma: no cover - no xdist here, but stay correct
         return
-    _rabbitmqctl("add_vhost", VHOST)
-    _rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    _s3 = EmbeddedS3()
-    endpoint = _s3.start()
+    _stack = Stack("test")
     os.environ.update(
         {
-            "ENCODEQ_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
-            "ENCODEQ_S3_ENDPOINT": endpoint,
-            "ENCODEQ_S3_ACCESS_KEY": "testing",
-            "ENCODEQ_S3_SECRET_KEY": "testing",
-            "ENCODEQ_BUCKET_PREFIX": f"t{RUN_ID}-",
+            **_stack.env,
+            "ENCODEQ_BUCKET_PREFIX": f"t{_stack.run_id}-",
             # Small and fast, so failure paths finish in seconds.
             "ENCODEQ_DELIVERY_LIMIT": "2",
             "ENCODEQ_MAX_RETRIES": "3",
@@ -53,12 +45,17 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Bring the vhost and S3 up when a selected test needs them (any test not ``unit``)."""
+    if _stack is None or session.config.option.collectonly:
+        return
+    if any(item.get_closest_marker("unit") is None for item in session.items):
+        _stack.up()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _s3 is not None:
-        _s3.stop()
-        subprocess.run(
-            ["rabbitmqctl", "-q", "delete_vhost", VHOST], capture_output=True, timeout=60
-        )
+    if _stack is not None:
+        _stack.down()
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +64,8 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def workers() -> Iterator:
-    """Start ``encodeq worker`` subprocesses; every one still running is stopped afterwards."""
-    from support import WorkerFleet
-
+def workers() -> Iterator[WorkerFleet]:
+    """Start worker subprocesses; every one still running is stopped afterwards."""
     fleet = WorkerFleet()
     try:
         yield fleet

@@ -15,27 +15,22 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from support import (
-    WorkerFleet,
-    broker,
-    dlq_for,
-    download_rendition,
-    encodeq,
-    jobs,
-    make_clip,
-    make_mid_gop_ts,
-    make_video,
-    storage,
-    upload_and_wait,
-    upload_job,
-    wait_for,
-    wait_for_job,
-)
+from support.broker import broker
+from support.commands import encodeq, upload_and_wait, upload_job
+from support.dlq import dlq_for
+from support.fleet import WorkerFleet
+from support.media import make_clip, make_mid_gop_ts, make_video
+from support.storage import download_rendition, jobs, storage, wait_for_job
+from support.waiting import wait_for
 
+from config.settings import Settings
 from console.watch import render
 from core.events import EventSubscription
 from core.layout import AUDIO, RENDITIONS, UPLOADS
 from core.monitor import Monitor
+from worker.modes.chunked.chunk_plan import plan_packets
+from worker.modes.chunked.packets import Packets
+from worker.modes.registry import choose_mode
 
 CHUNKED_ENV = {
     "ENCODEQ_CHUNK_SECONDS": "2",
@@ -51,40 +46,7 @@ def make_source(
     """An H.264/AAC MP4 at 25 fps with a keyframe every ``gop`` frames (50: every 2 s, on the
     segment grid; make_video's x264 default of 250 is a sparse source for 2 s chunks); ``x264``:
     more encoder options."""
-    if not path.exists():
-        subprocess.run(
-            [
-                "ffmpeg",
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                f"testsrc2=s={width}x{height}:r=25:d={duration}",
-                "-f",
-                "lavfi",
-                "-i",
-                f"sine=f=440:d={duration}",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                str(gop),
-                *x264,
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                "-shortest",
-                str(path),
-            ],
-            check=True,
-            timeout=120,
-        )
-    return path
+    return make_video(path, width, height, duration, gop=gop, x264=x264)
 
 
 def decoded(playlist: Path) -> dict:
@@ -354,9 +316,8 @@ class TestChunkedJobs:
         assert result.returncode == 2 and "--mode" in result.stderr
 
 
+@pytest.mark.unit
 def test_mode_defaults_to_chunked_for_long_sources() -> None:
-    from worker.tasks import choose_mode
-
     assert choose_mode(None, 3.0) == "per-rung"
     # from two chunks' worth of source (2 x 30 s): chunked, where bench_chunked measures it ahead
     assert choose_mode(None, 59.9) == "per-rung" and choose_mode(None, 60.0) == "chunked"
@@ -479,10 +440,8 @@ def test_a_straggler_is_offered_to_a_second_worker(workers, media_dir: Path) -> 
     assert all(r.seam_check and r.seam_check.passed for r in final.renditions)
 
 
+@pytest.mark.unit
 def test_cut_planning_uses_grid_keyframes_or_refuses_the_copy_split() -> None:
-    from config.settings import Settings
-    from worker.chunking import Packets, plan_packets
-
     settings = Settings(segment_seconds=2, chunk_seconds=4)
 
     def packets(keyframes_every: int, frames: int = 250, offset: float = 0.0) -> Packets:

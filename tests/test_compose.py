@@ -37,21 +37,19 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from encodeq import s3_users
 from minio import Minio
 from minio.error import S3Error
-from support import (
-    CONTROL_QUEUE_NAME,
-    ENCODE_QUEUE_NAME,
-    WorkerFleet,
-    consumers,
-    encodeq,
-    make_video,
-    wait_for,
-)
+from support.broker import consumers
+from support.commands import SERVE_COMMAND, WORKER_COMMAND, encodeq, resolve
+from support.fleet import WorkerFleet, worker_argv
+from support.http import serve_argv
+from support.media import make_video
+from support.waiting import wait_for
 
 from config.exposure import KNOWN_DEFAULT_SECRETS, exposed_defaults
 from config.settings import Settings
+from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
+from console import minio_setup as s3_users
 from console.s3server import free_port
 from core.layout import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
 
@@ -167,10 +165,12 @@ def published(service: dict[str, Any], env: dict[str, str] | None = None) -> set
 
 
 # --- structure ------------------------------------------------------------------------------------
+@pytest.mark.unit
 def test_every_service_is_there_and_nothing_else(services: dict) -> None:
     assert set(services) == SERVICES
 
 
+@pytest.mark.unit
 def test_published_ports_listen_on_loopback_unless_told(services: dict) -> None:
     """Every host port is bound to 127.0.0.1 by default; ENCODEQ_BIND moves all of them."""
     mappings = {name: published(service) for name, service in services.items()}
@@ -188,6 +188,7 @@ def test_published_ports_listen_on_loopback_unless_told(services: dict) -> None:
     assert moved and all(p.startswith(":::") for p in moved), moved
 
 
+@pytest.mark.unit
 def test_pulled_images_are_pinned_to_a_release(services: dict) -> None:
     for name, service in services.items():
         image = service["image"]
@@ -202,6 +203,7 @@ def test_pulled_images_are_pinned_to_a_release(services: dict) -> None:
     assert services["minio"]["image"].startswith("minio/minio:RELEASE.")
 
 
+@pytest.mark.unit
 def test_minio_has_its_api_console_volume_and_healthcheck(compose: dict, services: dict) -> None:
     minio = services["minio"]
     assert {"127.0.0.1:9000:9000", "127.0.0.1:9001:9001"} <= published(minio)
@@ -212,6 +214,7 @@ def test_minio_has_its_api_console_volume_and_healthcheck(compose: dict, service
     assert minio["healthcheck"]["test"]
 
 
+@pytest.mark.unit
 def test_rabbitmq_mounts_its_config_and_has_the_management_ui(services: dict) -> None:
     rabbitmq = services["rabbitmq"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in rabbitmq["volumes"]}
@@ -224,6 +227,7 @@ def test_rabbitmq_mounts_its_config_and_has_the_management_ui(services: dict) ->
     assert "rabbitmq_management" in re.findall(r"[a-z_]+", plugins)
 
 
+@pytest.mark.unit
 def test_consumer_timeout_outlasts_the_longest_encode(services: dict) -> None:
     """RabbitMQ closes a channel holding a delivery longer than consumer_timeout (milliseconds);
     a late-acked encode holds its delivery up to the hard time limit."""
@@ -232,6 +236,7 @@ def test_consumer_timeout_outlasts_the_longest_encode(services: dict) -> None:
     assert timeout_ms / 1000 > hard_limit_s
 
 
+@pytest.mark.unit
 def test_rabbitmq_conf_keys_are_known_to_rabbitmq() -> None:
     """Each key is a mapping of the RabbitMQ config schema (the local server's, when installed)."""
     schemas = list(Path("/usr/lib/rabbitmq/lib").glob("rabbitmq_server-*/plugins/*/priv/schema/*"))
@@ -243,6 +248,7 @@ def test_rabbitmq_conf_keys_are_known_to_rabbitmq() -> None:
     assert set(rabbitmq_conf()) <= mappings
 
 
+@pytest.mark.unit
 def test_worker_is_scalable(services: dict) -> None:
     """`docker compose up --scale worker=N`: nothing that two replicas could both claim."""
     worker = services["worker"]
@@ -254,6 +260,7 @@ def test_worker_is_scalable(services: dict) -> None:
     assert worker["build"] in (".", {"context": "."})
 
 
+@pytest.mark.unit
 def test_worker_waits_for_healthy_services_and_stops_warm(services: dict) -> None:
     worker = services["worker"]
     for dependency in ("rabbitmq", "minio"):
@@ -269,6 +276,7 @@ def resolved(service: dict[str, Any], env: dict[str, str] | None = None) -> dict
     return {k: interpolate(v, env) for k, v in environment(service).items()}
 
 
+@pytest.mark.unit
 def test_worker_environment_points_at_the_compose_services(services: dict) -> None:
     env = resolved(services["worker"])
     broker = urlsplit(env["ENCODEQ_BROKER_URL"])
@@ -285,6 +293,7 @@ def test_worker_environment_points_at_the_compose_services(services: dict) -> No
     assert flower_env["ENCODEQ_BROKER_URL"] == environment(services["worker"])["ENCODEQ_BROKER_URL"]
 
 
+@pytest.mark.unit
 def test_only_minio_setup_holds_the_root_key_each_service_its_own_user(services: dict) -> None:
     minio = resolved(services["minio"])
     root = (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"])
@@ -307,6 +316,7 @@ def test_only_minio_setup_holds_the_root_key_each_service_its_own_user(services:
     assert not {k for k in environment(services["flower"]) if k.startswith("ENCODEQ_S3_")}
 
 
+@pytest.mark.unit
 def test_encodeq_variables_are_real_settings(services: dict) -> None:
     """Every ENCODEQ_* name in compose and the Dockerfile is a field of config.settings.Settings;
     the worker is configured through those alone."""
@@ -334,6 +344,7 @@ def url_credentials(value: str) -> tuple[str, str] | None:
     )
 
 
+@pytest.mark.unit
 def test_secrets_have_no_usable_default(services: dict) -> None:
     """Every secret is ``${VAR:?why}``: compose refuses to start without it. The API token alone
     may be empty (``${ENCODEQ_API_TOKEN:-}``): the server then generates one. No well-known
@@ -364,6 +375,19 @@ def test_secrets_have_no_usable_default(services: dict) -> None:
     assert not re.search(r"(PASS|SECRET|ACCESS_KEY)\w*\s*=", dockerfile), "no credentials baked in"
 
 
+@pytest.mark.unit
+def test_the_tests_start_the_services_with_composes_own_command_lines(services: dict) -> None:
+    """The worker fleet and the test servers run what the containers run (the fleet adds only a
+    node name and its queues), so what the suite proves holds for the compose services."""
+    worker = argv(services["worker"])
+    assert worker[: len(WORKER_COMMAND)] == WORKER_COMMAND
+    fleet = worker_argv("node")
+    assert fleet[: len(WORKER_COMMAND)] == WORKER_COMMAND
+    assert set(worker[len(WORKER_COMMAND) :: 2]) <= set(fleet[len(WORKER_COMMAND) :: 2])
+    assert argv(services["uploader"]) == serve_argv(8000, host="0.0.0.0")
+
+
+@pytest.mark.unit
 def test_dockerfile_is_pinned_installs_ffmpeg_and_drops_root(services: dict) -> None:
     steps = dockerfile_instructions()
     [base] = [rest for keyword, rest in steps if keyword == "FROM"]
@@ -378,6 +402,7 @@ def test_dockerfile_is_pinned_installs_ffmpeg_and_drops_root(services: dict) -> 
     assert json.loads(cmd) == argv(services["worker"]), "the image's default is compose's worker"
 
 
+@pytest.mark.unit
 def test_dockerignore_keeps_what_the_install_needs() -> None:
     patterns = [
         line.strip()
@@ -388,10 +413,12 @@ def test_dockerignore_keeps_what_the_install_needs() -> None:
     needed = [
         "pyproject.toml",
         "README.md",
-        "encodeq",
         "config",
         "config/rabbitmq/rabbitmq.conf",
+        "core",
+        "console",
         "worker",
+        "uploader/web/static/index.html",
         "uploader",
         "dlq_inspector",
     ]
@@ -409,6 +436,7 @@ def compose_binary() -> list[str] | None:
     return [legacy] if legacy else None
 
 
+@pytest.mark.unit
 def test_compose_binary_validates_the_file_offline() -> None:
     """`config` resolves and validates the file without talking to an engine."""
     binary = compose_binary()
@@ -469,7 +497,7 @@ def test_compose_worker_command_consumes_and_completes_a_job(
     compose_worker, services: dict, media_dir: Path
 ) -> None:
     command = argv(services["worker"])
-    assert command[:2] == ["encodeq", "worker"]
+    assert command[: len(WORKER_COMMAND)] == WORKER_COMMAND
     assert consumers(CONTROL_QUEUE_NAME) >= 1 and consumers(ENCODE_QUEUE_NAME) >= 1
     concurrency = int(command[command.index("--concurrency") + 1])
     wait_for(
@@ -632,6 +660,7 @@ EXPOSURE_CASES = [
 ]
 
 
+@pytest.mark.unit
 def test_well_known_secrets_off_loopback_are_found() -> None:
     base = {
         "ENCODEQ_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
@@ -646,6 +675,7 @@ def test_well_known_secrets_off_loopback_are_found() -> None:
         assert bool(found) == refused, (env, bind, found)
 
 
+@pytest.mark.unit
 def test_worker_serve_and_minio_setup_refuse_well_known_secrets_off_loopback() -> None:
     """The commands themselves: exit 2 with the reason before connecting or listening."""
     cases = [
@@ -675,8 +705,16 @@ def test_worker_serve_and_minio_setup_refuse_well_known_secrets_off_loopback() -
             "S3",
         ),
     ]
-    for args, env, names in cases:
-        result = encodeq(*args, env=env, timeout=60)
+    commands = [(["encodeq", *args], env, names) for args, env, names in cases]
+    # and the services' own entry points, as compose runs them (`python -m worker ...`)
+    compose_broker = {"ENCODEQ_BROKER_URL": "amqp://guest:guest@rabbitmq:5672//"}
+    commands.append((WORKER_COMMAND, compose_broker, "broker"))
+    serve = [*SERVE_COMMAND, "--host", "0.0.0.0", "--port", str(free_port())]
+    commands.append((serve, {"ENCODEQ_API_TOKEN": "encodeq-local-token"}, "ENCODEQ_API_TOKEN"))
+    for args, env, names in commands:
+        result = subprocess.run(
+            resolve(args), capture_output=True, text=True, timeout=60, env={**os.environ, **env}
+        )
         assert result.returncode == 2, (args, env, result.stdout, result.stderr[-2000:])
         assert "well-known" in result.stderr and names in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
@@ -886,6 +924,7 @@ def test_each_role_can_do_exactly_what_its_policy_says(policy_server: PolicyServ
     assert not wrong, wrong
 
 
+@pytest.mark.unit
 def test_policies_name_every_bucket_with_the_prefix() -> None:
     """A bucket prefix (ENCODEQ_BUCKET_PREFIX) is honoured: every resource is one of ours."""
     prefix = "tenant7-"

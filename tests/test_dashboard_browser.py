@@ -21,7 +21,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from support import WorkerFleet, make_video, open_cors, start_server, storage
+from support.fleet import WorkerFleet
+from support.http import start_server
+from support.media import make_video
+from support.storage import open_cors, storage
 
 from core.layout import RENDITIONS, UPLOADS
 from core.manifest import JobStore

@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import ENCODEQ, dlq_for
+from support.commands import ENCODEQ
+from support.dlq import dlq_for
 
 from config.settings import Settings
 from console.s3server import answers, free_port

@@ -15,25 +15,18 @@ import os
 import random
 import re
 import socket
-import subprocess
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import amqp
 import pytest
-from support import (
-    broker,
-    dlq,
-    dlq_json,
-    dlq_messages,
-    encodeq,
-    make_video,
-    settings,
-    storage,
-    wait_for,
-    wait_for_job,
-)
+from support.broker import broker, list_queues
+from support.commands import dlq, dlq_json, encodeq
+from support.dlq import dlq_messages
+from support.media import make_video
+from support.storage import storage, wait_for_job
+from support.waiting import wait_for
 
 from config.topology import (
     DEAD_LETTER_QUEUE_NAME,
@@ -49,7 +42,7 @@ from dlq_inspector.audit import ACTIONS
 
 @pytest.fixture(scope="module")
 def fleet():
-    from support import WorkerFleet
+    from support.fleet import WorkerFleet
 
     fleet = WorkerFleet()
     fleet.start("dlq-alpha")
@@ -192,7 +185,7 @@ def test_replay_after_fixing_the_source_completes_the_job(fleet, tmp_path: Path)
     assert report["moved"] == 1 and report["targets"] == {"encodeq -> control": 1}
 
     def completed() -> bool:
-        from support import jobs
+        from support.storage import jobs
 
         m = jobs().load(job_id)
         return m is not None and m.state == "completed"
@@ -257,15 +250,7 @@ def test_a_task_id_never_becomes_a_storage_key(fleet) -> None:
 def pidbox_consumers(node: str) -> int:
     """Consumers of a worker's remote-control queue (0 when there is none). The queue is
     exclusive to the worker's connection, so only the broker's own listing sees it."""
-    vhost = settings().broker_url.rsplit("/", 1)[1]
-    listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "consumers"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    counts = dict(line.rsplit(None, 1) for line in listing.splitlines() if line.strip())
+    counts = dict(list_queues("name", "consumers"))
     return int(counts.get(f"{node}.celery.pidbox", 0))
 
 

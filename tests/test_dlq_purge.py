@@ -21,15 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import (
-    celery_message,
-    dlq,
-    dlq_for,
-    dlq_json,
-    kill_in_work_queue,
-    private_vhost,
-    queue_state,
-)
+from support.broker import private_vhost, queue_state
+from support.commands import dlq, dlq_json
+from support.dlq import celery_message, dlq_for, kill_in_work_queue
 
 from config.topology import (
     CONTROL_QUEUE_NAME,

@@ -20,21 +20,17 @@ from datetime import UTC, datetime
 
 import amqp
 import pytest
-from support import (
-    ENCODEQ,
-    broker,
+from support.broker import broker, private_vhost, queue_state
+from support.commands import ENCODEQ, dlq, dlq_json
+from support.dlq import (
     celery_message,
-    dlq,
-    dlq_json,
     dlq_of_task,
     kill_in_work_queue,
     kill_into_dlq,
     origin_queue,
-    private_vhost,
     queue_messages,
-    queue_state,
-    wait_for,
 )
+from support.waiting import wait_for
 
 from config.topology import (
     CONTROL_QUEUE_NAME,

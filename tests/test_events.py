@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 from datetime import datetime
 
-from observe import Events
-from support import encodeq, make_video
+from support.commands import encodeq
+from support.events import Events
+from support.media import make_video
 
 
 def test_every_subscriber_sees_the_whole_lifecycle(workers, media_dir) -> None:

@@ -13,29 +13,22 @@ import json
 import os
 import pickle
 import signal
-import subprocess
 import uuid
 from urllib.parse import urlsplit
 
 import pytest
 from kombu import Producer
-from observe import Events, delayed_messages, processes_matching, unacked
-from support import (
-    CONTROL_QUEUE_NAME,
-    broker,
-    death_reason,
-    dlq_for,
-    encodeq,
-    jobs,
-    make_video,
-    storage,
-    upload_job,
-    wait_for,
-    wait_for_job,
-)
-from tcp_proxy import TcpProxy
+from support.broker import broker, delayed_messages, unacked
+from support.commands import encodeq, upload_job
+from support.dlq import death_reason, dlq_for
+from support.events import Events
+from support.fleet import processes_with
+from support.media import ffmpeg, make_video
+from support.storage import jobs, storage, wait_for_job
+from support.tcp_proxy import TcpProxy
+from support.waiting import wait_for
 
-from config.topology import WORK_EXCHANGE
+from config.topology import CONTROL_QUEUE_NAME, WORK_EXCHANGE
 from core.failures import load_failure
 
 
@@ -69,21 +62,7 @@ def test_not_a_video_fails_at_once_with_a_code_and_is_dead_lettered(workers, tmp
 def test_audio_only_file_has_no_video_stream(workers, tmp_path) -> None:
     workers.start("inputs")
     audio = tmp_path / "song.mp4"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=d=2",
-            "-c:a",
-            "aac",
-            str(audio),
-        ],
-        check=True,
-    )
+    ffmpeg("-f", "lavfi", "-i", "sine=d=2", "-c:a", "aac", str(audio))
     job_id = upload_job(audio)
     manifest = wait_for_job(job_id, timeout=60)
     assert manifest.error is not None and manifest.error.code == "no_video_stream"
@@ -271,7 +250,7 @@ def test_sigkilled_pool_process_is_redelivered_and_recorded(workers, media_dir) 
         started["task_id"] if "task_id" in started else manifest.renditions[0].task_id
     )
     assert record.code == "worker_lost" and record.dead_lettered is False
-    assert not processes_matching(f"encodeq-{job_id}")  # no orphaned ffmpeg
+    assert not processes_with(f"encodeq-{job_id}")  # no orphaned ffmpeg
 
 
 def test_crash_loop_ends_in_the_dlq_at_the_delivery_limit(workers, media_dir) -> None:
@@ -313,7 +292,7 @@ def test_soft_time_limit_dead_letters_instead_of_looping(workers, media_dir) -> 
     record = failure_record(messages[0].headers["id"])
     assert record.code == "timeout" and record.exc_type == "SoftTimeLimitExceeded"
     assert record.attempts == 1 and record.deliveries == 1  # not requeued, not retried
-    wait_for(lambda: not processes_matching(f"encodeq-{job_id}"), 10, "ffmpeg to be gone")
+    wait_for(lambda: not processes_with(f"encodeq-{job_id}"), 10, "ffmpeg to be gone")
 
 
 # --- duplicates are harmless ---------------------------------------------------------------------

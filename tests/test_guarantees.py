@@ -10,36 +10,24 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from observe import Events
-from support import (
-    CONTROL_QUEUE_NAME,
-    ENCODE_QUEUE_NAME,
-    death_reason,
-    decoded_frames,
-    dlq_for,
-    dlq_json,
-    dlq_messages,
-    download_rendition,
-    encodeq,
-    jobs,
-    make_video,
-    settings,
-    storage,
-    upload_job,
-    wait_for,
-    wait_for_job,
-)
-from tcp_proxy import TcpProxy
+from support.broker import broker, scratch_vhost
+from support.commands import dlq_json, encodeq, upload_job
+from support.dlq import death_reason, dlq_for, dlq_messages
+from support.events import Events
+from support.media import decoded_frames, make_video
+from support.storage import download_rendition, jobs, settings, storage, wait_for_job
+from support.tcp_proxy import TcpProxy
+from support.waiting import wait_for
 
+from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
 from core.failures import load_failure
+from core.job_model import ErrorInfo, Manifest, SourceInfo
 from core.layout import UPLOADS, source_key
-from core.manifest import ErrorInfo, Manifest, SourceInfo
 
 #: Chunked mode with 2 s chunks and segments, so a short source has several chunks.
 CHUNKED_ENV = {"ENCODEQ_CHUNK_SECONDS": "2", "ENCODEQ_STRAGGLER_MIN_S": "600"}
@@ -130,7 +118,7 @@ def test_a_late_duplicate_encode_cannot_break_a_completed_job(workers, media_dir
             for pid in held:
                 os.kill(pid, signal.SIGSTOP)
             # The duplicate: what a lost connection or a consumer timeout would redeliver.
-            from worker.tasks import encode
+            from worker.modes.per_rung import encode
 
             encode.apply_async(args=[job_id, rung])
             workers.start("rescuer")
@@ -171,18 +159,8 @@ def test_a_late_duplicate_encode_cannot_break_a_completed_job(workers, media_dir
 def test_a_publish_error_fails_the_job_loudly(media_dir) -> None:
     """A channel error on publish (the control queue exists with other arguments) leaves no
     queued job behind: the upload exits non-zero and the job is failed with a code."""
-    vhost = f"encodeq-mismatch-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
-    try:
-        subprocess.run(
-            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-            check=True,
-            timeout=60,
-        )
-        url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-        from kombu import Connection
-
-        with Connection(url) as conn:
+    with scratch_vhost("encodeq-mismatch") as url:
+        with broker(url) as conn:
             conn.default_channel.queue_declare(CONTROL_QUEUE_NAME, durable=True)  # classic
         source = make_video(media_dir / "mismatch.mp4", 320, 180, duration=1)
         result = encodeq("upload", str(source), env={"ENCODEQ_BROKER_URL": url})
@@ -190,8 +168,6 @@ def test_a_publish_error_fails_the_job_loudly(media_dir) -> None:
         job_id = result.stderr.split("did not take job ")[1].split()[0]
         manifest = jobs().load(job_id)
         assert manifest.state == "failed" and manifest.error.code == "publish_failed"
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], timeout=60)
 
 
 def _orphan(source: Path) -> str:

@@ -12,19 +12,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import (
-    ENCODE_QUEUE_NAME,
-    event_queues,
-    hold_ffmpeg,
-    jobs,
-    make_video,
-    storage,
-    upload_job,
-    wait_for,
-    wait_for_job,
-)
+from support.broker import event_queues
+from support.commands import upload_job
+from support.fleet import hold_ffmpeg
+from support.media import make_video
+from support.storage import jobs, storage, wait_for_job
+from support.waiting import wait_for
 
 from config.settings import get_settings
+from config.topology import ENCODE_QUEUE_NAME
 from core.layout import UPLOADS
 from core.storage import parse_uri
 from worker import host_cache

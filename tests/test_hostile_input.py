@@ -15,16 +15,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from support import (
-    WorkerFleet,
-    dlq_for,
-    encodeq,
-    ffmpeg,
-    make_clip,
-    make_video,
-    storage,
-    upload_and_wait,
-)
+from support.commands import encodeq, upload_and_wait
+from support.dlq import dlq_for
+from support.fleet import WorkerFleet
+from support.media import ffmpeg, make_clip, make_video
+from support.storage import storage
 
 from core.failures import load_failure
 from core.layout import UPLOADS
@@ -218,6 +213,7 @@ def _lying_mkv(path: Path, seconds: int, claims: float = 1.0) -> Path:
     return path
 
 
+@pytest.mark.unit
 def test_the_probe_takes_the_longest_of_the_format_and_stream_durations() -> None:
     from config.settings import Settings
     from core.errors import InputError

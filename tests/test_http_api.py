@@ -31,25 +31,19 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import yaml
-from support import (
-    ENCODEQ,
-    WorkerFleet,
-    ffprobe,
-    http,
-    http_json,
-    make_video,
-    multipart,
-    start_server,
-    storage,
-    wait_for,
-)
+from support.commands import resolve
+from support.fleet import WorkerFleet
+from support.http import http, http_json, multipart, serve_argv, start_server
+from support.media import ffprobe, make_video
+from support.storage import storage
+from support.waiting import wait_for
 
 from config.settings import Settings
 from core.layout import UPLOADS
 from core.manifest import JobStore
 from core.storage import parse_uri
+from dlq_inspector.operations import EXPORT_FOLDER
 from uploader.web.app import create_app
-from uploader.web.dlq import EXPORT_FOLDER
 from uploader.web.intake import UPLOAD_FOLDER
 
 TOKEN = "test-token-" + os.urandom(4).hex()
@@ -436,12 +430,22 @@ def dlq_messages(server: Any) -> list[dict[str, Any]]:
 PATH_SAMPLES = {"job_id": "0" * 32, "rendition": "360p", "message_id": "0" * 12}
 
 
+def _routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, route) of every route, into the routers the app includes (FastAPI keeps an included
+    router whole, as one entry, since 0.16x; before, its routes were copied into the app's)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included.routes, prefix + route.include_context.prefix)
+        else:
+            yield prefix + getattr(route, "path", ""), route
+
+
 def api_routes() -> list[tuple[str, str]]:
     """(method, path) of every ``/api/*`` route of the app as built (not a list kept by hand)."""
     app = create_app(Settings(api_token="routes-only"))
     found = []
-    for route in app.routes:
-        path = getattr(route, "path", "")
+    for path, route in _routes(app.routes):
         if not path.startswith("/api/"):
             continue
         for method in sorted(getattr(route, "methods", None) or {"GET"}):
@@ -612,6 +616,7 @@ def test_security_headers_on_every_response(server: Any) -> None:
         assert headers["referrer-policy"] == "no-referrer"
 
 
+@pytest.mark.unit
 def test_page_loads_scripts_from_the_app_only() -> None:
     static = ROOT / "uploader" / "web" / "static"
     page = (static / "index.html").read_text()
@@ -678,17 +683,17 @@ def test_without_a_token_one_is_generated_and_its_link_printed(fleet: WorkerFlee
 
 
 def serve_refused(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    program = ENCODEQ[0] if argv[0] == "encodeq" else argv[0]
     return subprocess.run(
-        [program, *argv[1:]], capture_output=True, text=True, timeout=60, env={**os.environ, **env}
+        resolve(argv), capture_output=True, text=True, timeout=60, env={**os.environ, **env}
     )
 
 
+@pytest.mark.unit
 def test_a_well_known_token_off_loopback_is_refused() -> None:
     # Two binds here (the command wiring); test_compose.py sweeps the rule itself in-process.
     for host in ("0.0.0.0", "example.com"):
         result = serve_refused(
-            ["encodeq", "serve", "--host", host, "--port", "8000"],
+            serve_argv(8000, host=host),
             {"ENCODEQ_API_TOKEN": "encodeq-local-token"},
         )
         assert result.returncode == 2, (host, result.stdout, result.stderr)
@@ -709,7 +714,7 @@ def test_compose_uploader_command_runs_natively(fleet: WorkerFleet) -> None:
     """The compose service's command, exactly as written, with compose's token (none: generated)."""
     service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["uploader"]
     command = service["command"]
-    assert command == ["encodeq", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert command == serve_argv(8000, host="0.0.0.0")
     assert "${ENCODEQ_BIND:-127.0.0.1}:8000:8000" in [str(p) for p in service["ports"]]
     assert service["environment"]["ENCODEQ_API_TOKEN"] == "${ENCODEQ_API_TOKEN:-}"
     refused = serve_refused(command, {"ENCODEQ_API_TOKEN": "encodeq-local-token"})

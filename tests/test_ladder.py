@@ -1,6 +1,10 @@
 """The rendition ladder: right rungs, right sizes, never upscaled, portrait stays portrait."""
 
+import pytest
+
 from config.ladder import LADDER, choose_renditions
+
+pytestmark = pytest.mark.unit
 
 
 def sizes(w: int, h: int) -> list[tuple[str, int, int]]:

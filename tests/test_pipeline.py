@@ -7,7 +7,9 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from support import download_rendition, encodeq, ffprobe, make_video, storage, upload_and_wait
+from support.commands import encodeq, upload_and_wait
+from support.media import ffprobe, make_video
+from support.storage import download_rendition, storage
 
 from core.layout import RENDITIONS
 from core.storage import parse_uri
@@ -16,7 +18,7 @@ from core.storage import parse_uri
 @pytest.fixture(scope="module")
 def fleet():
     """Two workers with one pool process each: competing consumers on one machine."""
-    from support import WorkerFleet
+    from support.fleet import WorkerFleet
 
     fleet = WorkerFleet()
     fleet.start("alpha")
@@ -158,6 +160,7 @@ def test_status_and_jobs_commands_show_the_manifest(fleet, media_dir: Path, tmp_
     assert missing.returncode == 1 and "no job" in missing.stderr
 
 
+@pytest.mark.unit
 def test_upload_of_a_missing_file_is_a_clean_error(tmp_path: Path) -> None:
     result = encodeq("upload", str(tmp_path / "nope.mp4"))
     assert result.returncode == 2
@@ -183,6 +186,7 @@ def test_buckets_are_private_and_playback_urls_are_presigned(fleet, media_dir: P
         assert response.read().startswith(b"#EXTM3U")
 
 
+@pytest.mark.unit
 def test_presigned_urls_use_the_public_endpoint_when_set() -> None:
     from config.settings import Settings
     from core.storage import Storage

@@ -12,37 +12,21 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
-from kombu import Connection
-from observe import Events
-from support import (
-    ENCODE_QUEUE_NAME,
-    WorkerFleet,
-    consumers,
-    death_reason,
-    dlq_for,
-    encodeq,
-    jobs,
-    make_video,
-    storage,
-    upload_job,
-    wait_for,
-    wait_for_job,
-)
-from tcp_proxy import TcpProxy
+from support.broker import consumers, queue_state, rabbitmqctl, scratch_vhost
+from support.commands import encodeq, upload_job
+from support.dlq import death_reason, dlq_for
+from support.events import Events
+from support.fleet import WorkerFleet
+from support.media import make_video
+from support.storage import jobs, storage, wait_for_job
+from support.tcp_proxy import TcpProxy
+from support.waiting import wait_for
 
-from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME
-
-
-def rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120, check=True
-    )
-    return done.stdout
+from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME
 
 
 @pytest.fixture
@@ -207,28 +191,18 @@ def test_storage_outage_past_the_budget_then_replay_completes(workers, media_dir
 def soak_vhost() -> Iterator[dict[str, str]]:
     """A vhost of its own: a higher delivery limit (faults may hit one message several times
     without it being poison), and queue counts that are this test's alone."""
-    vhost = f"encodeq-soak-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield {
-        "ENCODEQ_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
-        "ENCODEQ_DELIVERY_LIMIT": "20",
-        "ENCODEQ_MAX_RETRIES": "10",
-        "ENCODEQ_BUCKET_PREFIX": f"{os.environ['ENCODEQ_BUCKET_PREFIX']}soak-",
-        "_vhost": vhost,
-    }
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
-
-
-def _queue_counts(url: str, name: str) -> tuple[int, int]:
-    with Connection(url) as conn:
-        _, messages, consumers_ = conn.default_channel.queue_declare(name, passive=True)
-    return messages, consumers_
+    with scratch_vhost("encodeq-soak") as url:
+        yield {
+            "ENCODEQ_BROKER_URL": url,
+            "ENCODEQ_DELIVERY_LIMIT": "20",
+            "ENCODEQ_MAX_RETRIES": "10",
+            "ENCODEQ_BUCKET_PREFIX": f"{os.environ['ENCODEQ_BUCKET_PREFIX']}soak-",
+        }
 
 
 @pytest.mark.slow
 def test_soak_fifty_jobs_under_faults(soak_vhost, media_dir, tmp_path) -> None:
-    env = {k: v for k, v in soak_vhost.items() if not k.startswith("_")}
+    env = dict(soak_vhost)
     endpoint = urlsplit(os.environ["ENCODEQ_S3_ENDPOINT"])
     proxy = TcpProxy(endpoint.hostname, endpoint.port).start()
     worker_env = {**env, "ENCODEQ_S3_ENDPOINT": proxy.endpoint}
@@ -319,8 +293,8 @@ def test_soak_fifty_jobs_under_faults(soak_vhost, media_dir, tmp_path) -> None:
             keys = list(storage_for(env).list_keys("renditions", f"{job_id}/{r.name}/"))
             duplicated += max(0, len(keys) - (r.segments + 1))
     url = env["ENCODEQ_BROKER_URL"]
-    dead = _queue_counts(url, DEAD_LETTER_QUEUE_NAME)[0]
-    left = sum(_queue_counts(url, q)[0] for q in (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME))
+    dead = queue_state(DEAD_LETTER_QUEUE_NAME, url)[0]
+    left = sum(queue_state(q, url)[0] for q in (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME))
     print(
         f"\nsoak: {len(job_ids)} jobs, faults {faults} ({sum(faults.values())} in all), "
         f"lost {len(lost)}, duplicated {duplicated}, dead-lettered {dead}, "

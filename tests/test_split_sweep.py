@@ -22,19 +22,16 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from support import (
-    FRAME_RATES,
-    GOP_KINDS,
-    decoded_frames,
-    ffmpeg,
-    make_clip,
-    make_mid_gop_ts,
-)
+from support.media import FRAME_RATES, GOP_KINDS, decoded_frames, ffmpeg, make_clip, make_mid_gop_ts
 
 from config.settings import Settings
 from core.errors import InputError
-from worker import chunking
+from worker.modes.chunked import chunk_plan
+from worker.modes.chunked import split as chunk_split
+from worker.modes.chunked import strategy as chunked_mode
 from worker.probe import probe
+
+pytestmark = pytest.mark.unit
 
 SEED = int(os.environ.get("ENCODEQ_SWEEP_SEED") or random.SystemRandom().randrange(2**32))
 #: Chunk timestamps must match the source's this closely (both come from the same clock).
@@ -138,7 +135,7 @@ def test_every_chunk_holds_its_planned_frames_and_every_frame_is_kept(
     source = make_clip(media_dir / name, case.rate, case.seconds, case.gop, bframes=case.bframes)
     settings = Settings(segment_seconds=case.segment, chunk_seconds=case.chunk)
     found = probe(source, settings)  # the probe accepts it, so chunked mode must handle it
-    split_plan = chunking.plan(source, found.frame_rate, settings)
+    split_plan = chunk_plan.plan(source, found.frame_rate, settings)
     chunks = split_plan.chunks
     assert split_plan.per_rung is None
 
@@ -151,13 +148,13 @@ def test_every_chunk_holds_its_planned_frames_and_every_frame_is_kept(
         os.link(path, kept / path.name)  # the split may clear its folder (a copy that fell back)
 
     fallbacks: list[str] = []
-    chunking.split(source, tmp_path / "chunks", split_plan, settings, ready, fallbacks.append)
+    chunk_split.split(source, tmp_path / "chunks", split_plan, settings, ready, fallbacks.append)
     assert handed == list(range(chunks.count))
     if chunks.split == "accurate":
         assert not fallbacks
 
     [source_times, *chunk_times] = packet_times(
-        [source, *(kept / (chunking.CHUNK_PATTERN % i) for i in range(chunks.count))]
+        [source, *(kept / (chunk_split.CHUNK_PATTERN % i) for i in range(chunks.count))]
     )
     # every frame of the source, once: the plan counts them all and the chunks hold them all
     assert split_plan.frames == sum(chunks.frames) == len(source_times)
@@ -202,7 +199,7 @@ def test_a_time_list_of_forced_keyframes_misses_by_a_frame_at_2997_fps(tmp_path:
     assert 959 in by_time and 960 not in by_time
     # the expression on frame numbers the accurate split uses lands where it is asked to
     by_number = keyframes_when_forced(
-        source, "expr:" + chunking.keyframe_expression([960]), tmp_path / "by-number.mp4"
+        source, "expr:" + chunk_split.keyframe_expression([960]), tmp_path / "by-number.mp4"
     )
     assert 960 in by_number and 959 not in by_number
 
@@ -255,12 +252,12 @@ def test_a_copy_cut_that_misses_its_plan_hands_the_rest_to_the_accurate_split(
 ) -> None:
     source = make_clip(media_dir / "fallback.mp4", "25", 12, "2s")
     settings = Settings(segment_seconds=2, chunk_seconds=4)
-    honest = chunking.plan(source, 25.0, settings)
+    honest = chunk_plan.plan(source, 25.0, settings)
     assert honest.chunks.split == "copy" and honest.cut_frames == [100, 200]
     # A plan that believes frame 230 starts a GOP (x264 put the keyframe on 250): the copy cut
     # there gives chunk 1 150 frames, so chunks 1 and 2 are cut accurately, chunk 0 stays.
     frames = [100, 130, honest.frames - 230]
-    wrong = chunking.SplitPlan(
+    wrong = chunk_plan.SplitPlan(
         honest.chunks.model_copy(update={"frames": frames}), [100, 230], honest.frames, 12.0
     )
     handed: list[tuple[int, int]] = []
@@ -269,7 +266,7 @@ def test_a_copy_cut_that_misses_its_plan_hands_the_rest_to_the_accurate_split(
     def ready(index: int, path: Path) -> None:
         handed.append((index, len(packet_times([path])[0])))
 
-    chunking.split(source, tmp_path / "chunks", wrong, settings, ready, fallbacks.append)
+    chunk_split.split(source, tmp_path / "chunks", wrong, settings, ready, fallbacks.append)
     assert handed == list(enumerate(frames))
     assert len(fallbacks) == 1 and "chunk 1 holds 150 frames, not 130" in fallbacks[0]
 
@@ -279,11 +276,11 @@ def test_a_split_no_cut_can_meet_is_impossible_never_wrong(media_dir: Path, tmp_
     # before the one that shows it were right and were handed over (its caller goes per rung).
     source = make_mid_gop_ts(media_dir / "sweep-mid-gop.ts")
     settings = Settings(segment_seconds=2, chunk_seconds=4)
-    split_plan = chunking.plan(source, 25.0, settings)
+    split_plan = chunk_plan.plan(source, 25.0, settings)
     assert split_plan.chunks.split == "accurate" and "keyframe" in (split_plan.chunks.reason or "")
     handed: list[int] = []
-    with pytest.raises(chunking.SplitImpossible, match="accurate split missed the plan"):
-        chunking.split(
+    with pytest.raises(chunk_split.SplitImpossible, match="accurate split missed the plan"):
+        chunk_split.split(
             source,
             tmp_path / "chunks",
             split_plan,
@@ -298,7 +295,7 @@ def test_reading_the_packets_stops_once_they_pass_the_limits(media_dir: Path) ->
     source = make_clip(media_dir / "limit.mp4", "25", 20, "2s")  # 500 packets
     settings = Settings(max_duration_s=1)  # at most 240 fps: 240 packets
     with pytest.raises(InputError) as refused:
-        chunking.plan(source, 25.0, settings)
+        chunk_plan.plan(source, 25.0, settings)
     assert refused.value.code == "too_long" and "more than 240 frames" in refused.value.message
 
 
@@ -312,10 +309,10 @@ def test_frames_an_edit_list_trims_are_not_planned_or_kept(tmp_path: Path, trim:
     ffmpeg("-ss", str(trim), "-i", str(source), "-c", "copy", str(trimmed))
     shown = decoded_frames(trimmed)
     settings = Settings(chunk_seconds=2, segment_seconds=2)
-    split_plan = chunking.plan(trimmed, 30.0, settings)
+    split_plan = chunk_plan.plan(trimmed, 30.0, settings)
     assert split_plan.frames == sum(split_plan.chunks.frames) == shown
     handed: list[Path] = []
-    chunking.split(
+    chunk_split.split(
         trimmed,
         tmp_path / "chunks",
         split_plan,
@@ -329,8 +326,6 @@ def test_frames_an_edit_list_trims_are_not_planned_or_kept(tmp_path: Path, trim:
 def test_audio_that_does_not_line_up_with_the_video_goes_per_rung(tmp_path: Path) -> None:
     """Chunked mode encodes audio and video apart and lays them side by side: an offset between
     them (audio starting half a second late) would be lost, so such a source is encoded per rung."""
-    from worker.chunked_tasks import plan
-
     video = make_clip(tmp_path / "video.mp4", "25", 8, "2s")
     late = tmp_path / "late-audio.mp4"
     muxed = ["-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac"]
@@ -340,5 +335,7 @@ def test_audio_that_does_not_line_up_with_the_video_goes_per_rung(tmp_path: Path
     in_sync = tmp_path / "in-sync.mp4"
     ffmpeg("-i", str(video), "-f", "lavfi", "-i", "sine=d=8", *muxed, str(in_sync))
     settings = Settings()
-    assert "audio and video differ" in (plan(late, probe(late, settings)).per_rung or "")
-    assert plan(in_sync, probe(in_sync, settings)).per_rung is None
+    assert "audio and video differ" in (
+        chunked_mode.plan(late, probe(late, settings)).per_rung or ""
+    )
+    assert chunked_mode.plan(in_sync, probe(in_sync, settings)).per_rung is None

@@ -13,7 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import ENCODEQ, WorkerFleet, encodeq, event_queues, make_video, wait_for
+from support.broker import event_queues
+from support.commands import ENCODEQ, encodeq
+from support.fleet import WorkerFleet
+from support.media import make_video
+from support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")

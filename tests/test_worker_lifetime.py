@@ -17,15 +17,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import (
-    hold_ffmpeg,
-    kill_processes_with,
-    make_video,
-    processes_with,
-    upload_job,
-    wait_for,
-    wait_for_job,
-)
+from support.commands import upload_job
+from support.fleet import hold_ffmpeg, kill_processes_with, processes_with
+from support.media import make_video
+from support.storage import wait_for_job
+from support.waiting import wait_for
 
 from config.settings import get_settings
 from worker import process, scratch
@@ -105,6 +101,7 @@ def test_ffmpeg_dies_with_its_task_and_a_restart_sweeps_what_the_task_left(
         wait_for(lambda j=job_id: not list(host.glob(f"work/encodeq-{j}-*")), 30, "the sweep")
 
 
+@pytest.mark.unit
 def test_a_sweep_removes_only_the_scratch_folders_of_dead_tasks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,6 +148,7 @@ def _endless(token: str) -> list[str]:
     return ["ffmpeg", *quiet, *source, "-metadata", f"title={token}", "-f", "null", "-"]
 
 
+@pytest.mark.unit
 def test_ffmpeg_dies_with_the_python_that_runs_it(tmp_path: Path) -> None:
     token = f"encodeq-lifetime-{uuid.uuid4().hex}"
     script = "import sys; from worker import process; process.run(sys.argv[1:], timeout_s=600)"
@@ -165,6 +163,7 @@ def test_ffmpeg_dies_with_the_python_that_runs_it(tmp_path: Path) -> None:
         kill_processes_with(token)
 
 
+@pytest.mark.unit
 def test_ffmpeg_stops_on_its_own_clock_when_python_cannot_act(tmp_path: Path) -> None:
     token = f"encodeq-lifetime-{uuid.uuid4().hex}"
     limit_s = 2.0

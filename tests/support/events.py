@@ -1,15 +1,13 @@
-"""Watching the live system from a test: lifecycle events, broker queues, worker processes."""
+"""Lifecycle events as a test sees them: a private subscription opened before the action."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
-from support import broker
-
 from core.events import EventSubscription
+from support.broker import broker
 
 
 class Events:
@@ -45,46 +43,3 @@ class Events:
                     return event
                 self.seen.append(event)
         raise AssertionError(f"no event {what} within {timeout}s")
-
-
-def unacked(queue: str) -> int:
-    """Messages delivered to consumers and not yet acked, as RabbitMQ reports them."""
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", _vhost(), "name", "messages_unacknowledged"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    for line in out.stdout.splitlines():
-        name, _, count = line.partition("\t")
-        if name == queue:
-            return int(count)
-    return 0
-
-
-def delayed_messages() -> int:
-    """Messages held by Celery's native delayed-delivery queues (celery_delayed_0..27)."""
-    total = 0
-    with broker() as conn:
-        ch = conn.channel()
-        for level in range(28):
-            try:
-                _, messages, _ = ch.queue_declare(f"celery_delayed_{level}", passive=True)
-            except Exception:
-                ch = conn.channel()
-                continue
-            total += messages
-        ch.close()
-    return total
-
-
-def processes_matching(text: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
-def _vhost() -> str:
-    from support import settings
-
-    return settings().broker_url.rsplit("/", 1)[1]

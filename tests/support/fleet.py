@@ -1,0 +1,195 @@
+"""The one worker fleet: worker processes started as compose starts them, for tests and benches.
+
+A worker is its own process group (``start_new_session``), so a test can SIGKILL it with its pool
+and ffmpeg children at once; ``stop_all`` stops whatever is still running, warm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
+from support.broker import consumers
+from support.commands import WORKER_COMMAND, log_path, resolve
+from support.waiting import wait_for
+
+WORK_QUEUES = (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME)
+
+
+def worker_argv(
+    name: str, concurrency: int = 1, queues: tuple[str, ...] = WORK_QUEUES, loglevel: str = "INFO"
+) -> list[str]:
+    """The worker's command line as compose's, with a node name and the queues to consume."""
+    options = ["--concurrency", str(concurrency), "--hostname", f"{name}@%h"]
+    return [*WORKER_COMMAND, *options, "--loglevel", loglevel, "--queues", ",".join(queues)]
+
+
+class Worker:
+    """One worker process (its main process; the pool processes are its children)."""
+
+    def __init__(self, name: str, proc: subprocess.Popen, log: Path) -> None:
+        self.name, self.proc, self.log = name, proc, log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def pool_children(self) -> list[int]:
+        """Pids of the prefork pool processes (children of the worker's main process)."""
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True, text=True
+        )
+        return [int(p) for p in out.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: main process, pool and any ffmpeg (its process group)."""
+        os.killpg(self.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """Warm shutdown (SIGTERM): finish the task in hand, then exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class WorkerFleet:
+    """Workers started by a test or a benchmark; ``stop_all`` stops every one still running."""
+
+    def __init__(self) -> None:
+        self.workers: list[Worker] = []
+
+    def start(
+        self,
+        name: str,
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
+        queues: tuple[str, ...] = WORK_QUEUES,
+        prefix: tuple[str, ...] = (),
+    ) -> Worker:
+        """The worker as compose runs it (or ``argv`` exactly as given, e.g. compose's own
+        command line), behind ``prefix`` (e.g. ``taskset -c 0``); returns once it consumes from
+        its work queues (``queues``: both)."""
+        url = (env or {}).get("ENCODEQ_BROKER_URL")
+        log = log_path(f"worker-{name}")
+        command = [*prefix, *resolve(argv or worker_argv(name, concurrency, queues))]
+        proc = subprocess.Popen(
+            command,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        worker = Worker(name, proc, log)
+        self.workers.append(worker)
+
+        def consuming() -> bool:
+            # Celery logs "<node> ready." once its consumer is set up; the broker then shows a
+            # consumer on each queue. Not "more consumers than before": right after a whole
+            # worker is killed, the broker may still count the dead one in "before".
+            if proc.poll() is not None:
+                return True
+            ready = any(line.rstrip().endswith(" ready.") for line in worker.output().splitlines())
+            return ready and all(consumers(q, url) > 0 for q in queues)
+
+        wait_for(consuming, 60, f"worker {name} to consume from the work queues")
+        if proc.poll() is not None:
+            raise AssertionError(f"worker {name} exited:\n{worker.output()[-3000:]}")
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.proc.poll() is None:
+                worker.terminate(timeout=30)
+
+
+@contextmanager
+def worker_fleet(
+    count: int, env: dict[str, str] | None = None, pin: bool = False
+) -> Iterator[WorkerFleet]:
+    """``count`` workers of one process each (each pinned to its own core with ``taskset`` when
+    ``pin``), consuming before the block starts, stopped warm after it (the benches' fleet)."""
+    fleet = WorkerFleet()
+    cores = os.cpu_count() or 1
+    try:
+        for i in range(count):
+            prefix = ("taskset", "-c", str(i % cores)) if pin else ()
+            fleet.start(f"bench{i}", env=env, prefix=prefix)
+        yield fleet
+    finally:
+        fleet.stop_all()
+
+
+# --- processes on this machine (read from /proc) -------------------------------------------------
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state of a process (R, S, T, Z...), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def processes_with(fragment: str, program: str | None = None, also: str = "") -> list[int]:
+    """Pids of live processes with an argument containing ``fragment`` (and one containing
+    ``also``), whose program is ``program`` when given: e.g. the ffmpeg of a scratch folder."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        argv = [a for a in (part.decode(errors="replace") for part in raw.split(b"\0")) if a]
+        if not argv or _proc_state(int(entry.name)) in (None, "Z"):
+            continue
+        if program is not None and os.path.basename(argv[0]) != program:
+            continue
+        if any(fragment in a for a in argv) and any(also in a for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
+def hold_ffmpeg(fragment: str, timeout: float = 120, also: str = "") -> int:
+    """SIGSTOP the first running ffmpeg with an argument containing ``fragment`` (and ``also``):
+    held, it cannot finish before the test acts, however fast or slow the machine. Its pid."""
+
+    def held() -> int | None:
+        for pid in processes_with(fragment, "ffmpeg", also):
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + 10
+            while (state := _proc_state(pid)) not in ("T", "t", "Z", None):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            if state in ("T", "t"):  # stopped, not exiting
+                return pid
+        return None
+
+    return wait_for(held, timeout, f"an ffmpeg of {fragment}", every=0.02)
+
+
+def kill_processes_with(fragment: str) -> None:
+    """SIGKILL whatever still runs with ``fragment`` in its arguments (a test's cleanup)."""
+    for pid in processes_with(fragment):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
