@@ -49,7 +49,7 @@ from support.waiting import wait_for
 from config.exposure import KNOWN_DEFAULT_SECRETS, exposed_defaults
 from config.settings import Settings
 from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
-from console import minio_setup as s3_users
+from console import minio_setup
 from console.s3server import free_port
 from core.layout import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
 
@@ -746,7 +746,7 @@ def test_minio_setup_command_runs_natively_and_fails_loudly_without_an_admin_api
         secure=False,
         region=settings.s3_region,
     )
-    assert all(client.bucket_exists(settings.bucket(b)) for b in s3_users.BUCKETS)
+    assert all(client.bucket_exists(settings.bucket(b)) for b in minio_setup.BUCKETS)
     missing = encodeq(*command[1:], env={"ENCODEQ_BUCKET_PREFIX": prefix}, timeout=60)
     assert missing.returncode == 1 and "ENCODEQ_WORKER_S3" in missing.stderr
 
@@ -795,7 +795,7 @@ class PolicyServer:
             "aws_secret_access_key": "setup",
         }
         s3, iam = boto3.client("s3", **kw), boto3.client("iam", **kw)
-        for logical in s3_users.BUCKETS:
+        for logical in minio_setup.BUCKETS:
             s3.create_bucket(Bucket=settings.bucket(logical))
             s3.put_object(Bucket=settings.bucket(logical), Key=SEED[logical], Body=b"seed")
         # moto names HeadBucket an action of its own; AWS and MinIO authorize it by ListBucket.
@@ -808,7 +808,7 @@ class PolicyServer:
                 }
             ),
         )["Policy"]["Arn"]
-        for role, build in s3_users.POLICIES.items():
+        for role, build in minio_setup.POLICIES.items():
             iam.create_user(UserName=role)
             arn = iam.create_policy(PolicyName=role, PolicyDocument=json.dumps(build(settings)))
             iam.attach_user_policy(UserName=role, PolicyArn=arn["Policy"]["Arn"])
@@ -843,39 +843,39 @@ SEED = {
 #: (role, action, bucket, key) -> allowed? What each role must and must not be able to do.
 ACCESS = [
     # workers: read sources, write their chunks beside them, write outputs, never the audit trail
-    (s3_users.WORKER, "get", UPLOADS, SEED[UPLOADS], True),
-    (s3_users.WORKER, "put", UPLOADS, "j1/source.mp4", False),
-    (s3_users.WORKER, "put", UPLOADS, "j2/source.mkv", False),
-    (s3_users.WORKER, "delete", UPLOADS, SEED[UPLOADS], False),
-    (s3_users.WORKER, "put", UPLOADS, "j1/chunks/src/00000.mp4", True),
-    (s3_users.WORKER, "get", UPLOADS, "j1/chunks/src/00000.mp4", True),
-    (s3_users.WORKER, "delete", UPLOADS, "j1/chunks/src/00000.mp4", True),
-    (s3_users.WORKER, "list", UPLOADS, "", True),  # moto mis-signs a prefix with a slash
-    (s3_users.WORKER, "put", RENDITIONS, "j1/720p/seg_00000.ts", True),
-    (s3_users.WORKER, "get", RENDITIONS, SEED[RENDITIONS], True),
-    (s3_users.WORKER, "put", JOBS, "j1/job.json", True),
-    (s3_users.WORKER, "get", JOBS, SEED[JOBS], True),
-    (s3_users.WORKER, "put", FAILURES, "task-2.json", True),
-    (s3_users.WORKER, "put", AUDIT, "20260101T000001.000000-11111111.json", False),
-    (s3_users.WORKER, "put", AUDIT, SEED[AUDIT], False),
-    (s3_users.WORKER, "delete", AUDIT, SEED[AUDIT], False),
-    (s3_users.WORKER, "get", AUDIT, SEED[AUDIT], False),
-    (s3_users.WORKER, "list", AUDIT, "", False),
-    (s3_users.WORKER, "make_bucket", "elsewhere", "", False),
+    (minio_setup.WORKER, "get", UPLOADS, SEED[UPLOADS], True),
+    (minio_setup.WORKER, "put", UPLOADS, "j1/source.mp4", False),
+    (minio_setup.WORKER, "put", UPLOADS, "j2/source.mkv", False),
+    (minio_setup.WORKER, "delete", UPLOADS, SEED[UPLOADS], False),
+    (minio_setup.WORKER, "put", UPLOADS, "j1/chunks/src/00000.mp4", True),
+    (minio_setup.WORKER, "get", UPLOADS, "j1/chunks/src/00000.mp4", True),
+    (minio_setup.WORKER, "delete", UPLOADS, "j1/chunks/src/00000.mp4", True),
+    (minio_setup.WORKER, "list", UPLOADS, "", True),  # moto mis-signs a prefix with a slash
+    (minio_setup.WORKER, "put", RENDITIONS, "j1/720p/seg_00000.ts", True),
+    (minio_setup.WORKER, "get", RENDITIONS, SEED[RENDITIONS], True),
+    (minio_setup.WORKER, "put", JOBS, "j1/job.json", True),
+    (minio_setup.WORKER, "get", JOBS, SEED[JOBS], True),
+    (minio_setup.WORKER, "put", FAILURES, "task-2.json", True),
+    (minio_setup.WORKER, "put", AUDIT, "20260101T000001.000000-11111111.json", False),
+    (minio_setup.WORKER, "put", AUDIT, SEED[AUDIT], False),
+    (minio_setup.WORKER, "delete", AUDIT, SEED[AUDIT], False),
+    (minio_setup.WORKER, "get", AUDIT, SEED[AUDIT], False),
+    (minio_setup.WORKER, "list", AUDIT, "", False),
+    (minio_setup.WORKER, "make_bucket", "elsewhere", "", False),
     # the dashboard: write uploads and jobs, read the rest, append to the audit trail
-    (s3_users.DASHBOARD, "put", UPLOADS, "j3/source.mp4", True),
-    (s3_users.DASHBOARD, "put", JOBS, "j3/job.json", True),
+    (minio_setup.DASHBOARD, "put", UPLOADS, "j3/source.mp4", True),
+    (minio_setup.DASHBOARD, "put", JOBS, "j3/job.json", True),
     # (a presigned playback URL carries exactly this permission of its signer; moto cannot
     # evaluate presigned requests under IAM enforcement, so the plain GET stands for it)
-    (s3_users.DASHBOARD, "get", RENDITIONS, SEED[RENDITIONS], True),
-    (s3_users.DASHBOARD, "put", RENDITIONS, "j1/720p/index.m3u8", False),
-    (s3_users.DASHBOARD, "get", FAILURES, SEED[FAILURES], True),
-    (s3_users.DASHBOARD, "put", FAILURES, "forged.json", False),
-    (s3_users.DASHBOARD, "put", AUDIT, "20260101T000002.000000-22222222.json", True),
-    (s3_users.DASHBOARD, "get", AUDIT, SEED[AUDIT], True),
-    (s3_users.DASHBOARD, "list", AUDIT, "", True),
-    (s3_users.DASHBOARD, "delete", AUDIT, SEED[AUDIT], False),
-    (s3_users.DASHBOARD, "make_bucket", "elsewhere", "", False),
+    (minio_setup.DASHBOARD, "get", RENDITIONS, SEED[RENDITIONS], True),
+    (minio_setup.DASHBOARD, "put", RENDITIONS, "j1/720p/index.m3u8", False),
+    (minio_setup.DASHBOARD, "get", FAILURES, SEED[FAILURES], True),
+    (minio_setup.DASHBOARD, "put", FAILURES, "forged.json", False),
+    (minio_setup.DASHBOARD, "put", AUDIT, "20260101T000002.000000-22222222.json", True),
+    (minio_setup.DASHBOARD, "get", AUDIT, SEED[AUDIT], True),
+    (minio_setup.DASHBOARD, "list", AUDIT, "", True),
+    (minio_setup.DASHBOARD, "delete", AUDIT, SEED[AUDIT], False),
+    (minio_setup.DASHBOARD, "make_bucket", "elsewhere", "", False),
 ]
 
 
@@ -929,8 +929,8 @@ def test_policies_name_every_bucket_with_the_prefix() -> None:
     """A bucket prefix (ENCODEQ_BUCKET_PREFIX) is honoured: every resource is one of ours."""
     prefix = "tenant7-"
     settings = Settings(bucket_prefix=prefix)
-    ours = {settings.bucket(b) for b in s3_users.BUCKETS}
-    for role, build in s3_users.POLICIES.items():
+    ours = {settings.bucket(b) for b in minio_setup.BUCKETS}
+    for role, build in minio_setup.POLICIES.items():
         for statement in build(settings)["Statement"]:
             for resource in statement["Resource"]:
                 bucket = resource.removeprefix("arn:aws:s3:::").split("/", 1)[0]
