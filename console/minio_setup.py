@@ -31,10 +31,9 @@ from minio.minioadmin import MinioAdmin
 from config.exposure import DefaultSecretError, check_default_secrets
 from config.settings import Settings, get_settings
 from console.terminal import fail, out
-from core.layout import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
+from core.layout import AUDIT, BUCKETS, FAILURES, JOBS, RENDITIONS, UPLOADS, chunks_prefix
 
 #: Every bucket the project uses.
-BUCKETS = (UPLOADS, JOBS, RENDITIONS, FAILURES, AUDIT)
 #: Writing an object, in one request or in parts.
 WRITE = ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
 READ = ["s3:GetObject"]
@@ -74,7 +73,7 @@ def worker_policy(settings: Settings) -> dict[str, Any]:
             _statement(
                 "ChunkIntermediates",
                 [*READ, *WRITE, "s3:DeleteObject"],
-                [_objects(settings, UPLOADS, "*/chunks/*")],
+                [_objects(settings, UPLOADS, chunks_prefix("*") + "*")],
             ),
             _statement(
                 "WriteOutputs",

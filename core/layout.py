@@ -33,6 +33,7 @@ FAILURES = "failures"
 #: The DLQ inspector's audit trail (replays, purges, imports): written by operators' tools (the
 #: ``encodeq dlq`` CLI, the dashboard), never by workers, so nothing a message says can forge it.
 AUDIT = "audit"
+BUCKETS = (UPLOADS, JOBS, RENDITIONS, FAILURES, AUDIT)
 
 #: Index of the job's audio among chunk records (chunks count from 0).
 AUDIO = -1
@@ -43,6 +44,9 @@ KNOWN_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mp
 
 PLAYLIST_NAME = "index.m3u8"
 MASTER_NAME = "master.m3u8"
+#: A rung's segments, as ffmpeg names them (``hls_segment_filename``) and as they are stored.
+SEGMENT_PATTERN = "seg_%05d.ts"
+SEGMENT_GLOB = "seg_*.ts"
 
 
 # --- uploads ---
@@ -97,7 +101,12 @@ def rendition_prefix(job_id: str, rendition: str) -> str:
 
 
 def segments_prefix(job_id: str, rendition: str) -> str:
-    return f"{rendition_prefix(job_id, rendition)}seg_"
+    return f"{rendition_prefix(job_id, rendition)}{SEGMENT_GLOB.split('*')[0]}"
+
+
+def rendition_playlist_uri(rendition: str) -> str:
+    """A rung's playlist as the master playlist lists it: relative to the job's prefix."""
+    return f"{rendition}/{PLAYLIST_NAME}"
 
 
 def master_key(job_id: str) -> str:

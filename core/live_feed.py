@@ -21,7 +21,8 @@ from kombu import Connection
 from core.events import EventSubscription
 from core.job_model import Manifest
 from core.manifest import JobStore
-from core.monitor import Monitor, queue_depths
+from core.monitor import Monitor
+from core.queue_depths import queue_depths
 
 #: The lifecycle events a live view binds to.
 LIVE_EVENTS = ("job.*", "rendition.*", "chunk.*")

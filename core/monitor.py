@@ -4,8 +4,7 @@ The live job model: ``encodeq watch``, ``encodeq upload --wait`` (and the demo) 
 all show it, kept current by ``core/live_feed.py``. The manifests are the truth and are read when a
 view starts and now and then after; lifecycle events (best effort, transient) fill in what
 manifests do not hold or hold late: progress, fps and speed of a running encode, and which worker
-is doing what. Queue depths come from passive declares, which neither create a queue nor disturb
-its messages.
+is doing what. Queue depths come from core/queue_depths.py.
 """
 
 from __future__ import annotations
@@ -17,13 +16,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from amqp.exceptions import NotFound
-
-from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME
 from core.job_model import Manifest, now_iso
+from core.queue_depths import QueueDepth
 
-#: The queues a view shows, in the order the work flows.
-WATCHED_QUEUES = (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME)
 #: Samples of queue depth kept for the "over time" chart (one a second: five minutes).
 QUEUE_HISTORY = 300
 #: Finished jobs kept in view next to the running ones.
@@ -99,29 +94,6 @@ class WorkerView:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class QueueDepth:
-    name: str
-    #: Ready messages (None: the queue does not exist); unacked ones are with the workers.
-    messages: int | None
-    consumers: int | None
-
-
-def queue_depths(connection: Any, names: tuple[str, ...] = WATCHED_QUEUES) -> list[QueueDepth]:
-    """Depths by passive ``queue_declare`` on a kombu connection; a missing queue is None."""
-    depths = []
-    for name in names:
-        channel = connection.channel()
-        try:
-            _, messages, consumers = channel.queue_declare(name, passive=True)
-        except NotFound:  # the broker closed this channel; the next name gets a fresh one
-            depths.append(QueueDepth(name, None, None))
-            continue
-        channel.close()
-        depths.append(QueueDepth(name, int(messages), int(consumers)))
-    return depths
 
 
 class Monitor:

@@ -51,7 +51,7 @@ from config.settings import Settings
 from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
 from console import minio_setup
 from console.s3server import free_port
-from core.layout import AUDIT, FAILURES, JOBS, RENDITIONS, UPLOADS
+from core.layout import AUDIT, BUCKETS, FAILURES, JOBS, RENDITIONS, UPLOADS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -746,7 +746,7 @@ def test_minio_setup_command_runs_natively_and_fails_loudly_without_an_admin_api
         secure=False,
         region=settings.s3_region,
     )
-    assert all(client.bucket_exists(settings.bucket(b)) for b in minio_setup.BUCKETS)
+    assert all(client.bucket_exists(settings.bucket(b)) for b in BUCKETS)
     missing = encodeq(*command[1:], env={"ENCODEQ_BUCKET_PREFIX": prefix}, timeout=60)
     assert missing.returncode == 1 and "ENCODEQ_WORKER_S3" in missing.stderr
 
@@ -795,7 +795,7 @@ class PolicyServer:
             "aws_secret_access_key": "setup",
         }
         s3, iam = boto3.client("s3", **kw), boto3.client("iam", **kw)
-        for logical in minio_setup.BUCKETS:
+        for logical in BUCKETS:
             s3.create_bucket(Bucket=settings.bucket(logical))
             s3.put_object(Bucket=settings.bucket(logical), Key=SEED[logical], Body=b"seed")
         # moto names HeadBucket an action of its own; AWS and MinIO authorize it by ListBucket.
@@ -929,7 +929,7 @@ def test_policies_name_every_bucket_with_the_prefix() -> None:
     """A bucket prefix (ENCODEQ_BUCKET_PREFIX) is honoured: every resource is one of ours."""
     prefix = "tenant7-"
     settings = Settings(bucket_prefix=prefix)
-    ours = {settings.bucket(b) for b in minio_setup.BUCKETS}
+    ours = {settings.bucket(b) for b in BUCKETS}
     for role, build in minio_setup.POLICIES.items():
         for statement in build(settings)["Statement"]:
             for resource in statement["Resource"]:

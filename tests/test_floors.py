@@ -15,7 +15,8 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Each package and the packages it may import. Services do not import each other either.
+#: Each package and the packages it may import. One service uses another's service layer: the
+#: dashboard (uploader/web) runs the DLQ operations (dlq_inspector/operations.py) the CLI runs.
 ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "core": {"config"},
@@ -24,8 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "dlq_inspector": {"config", "core"},
     "console": {"config", "core", "worker", "uploader", "dlq_inspector"},
 }
-MAX_MODULE_LINES = 400
-MAX_FUNCTION_LINES = 70
+MAX_MODULE_LINES = 350
+MAX_FUNCTION_LINES = 60
 #: Function-local imports of our own modules that exist for a reason other than a circle.
 LAZY_ON_PURPOSE = {
     # `encodeq` mounts `serve`; loading FastAPI and uvicorn for every other command costs ~0.8 s.

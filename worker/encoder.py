@@ -19,12 +19,11 @@ from config.ladder import RenditionPlan
 from config.settings import Settings
 from core.errors import EncodeError
 from core.job_model import ProbeResult
-from core.layout import PLAYLIST_NAME
+from core.layout import PLAYLIST_NAME, SEGMENT_GLOB, SEGMENT_PATTERN
 from worker import process
 from worker.hls import AAC_LC, MediaPlaylistStats, avc1_codec, media_playlist_stats
 from worker.probe import SAFE_INPUT_OPTIONS, read_limit_s
 
-SEGMENT_PATTERN = "seg_%05d.ts"
 FFMPEG_TIMEOUT_MARGIN_S = 10
 #: How much shorter than its source a rendition may be (rounding, a trailing partial frame).
 TRUNCATION_TOLERANCE = 0.05
@@ -149,7 +148,7 @@ def check_complete(stats: MediaPlaylistStats, probe: ProbeResult) -> None:
 
 def codecs_of(folder: Path, has_audio: bool, settings: Settings) -> str:
     """The CODECS attribute, read from the first segment ffmpeg actually wrote."""
-    first = sorted(folder.glob("seg_*.ts"))[0]
+    first = sorted(folder.glob(SEGMENT_GLOB))[0]
     out = process.run(
         [
             "ffprobe",

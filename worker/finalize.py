@@ -16,14 +16,21 @@ from config.retry_policy import retry_options
 from config.settings import get_settings
 from core.events import emit
 from core.job_model import Manifest, Rendition
-from core.layout import PLAYLIST_NAME, RENDITIONS, master_key, poster_key, segments_prefix
+from core.layout import (
+    RENDITIONS,
+    master_key,
+    poster_key,
+    rendition_playlist_uri,
+    segments_prefix,
+)
 from core.manifest import JobStore
 from core.storage import Storage
 from worker import encoder, host_cache
 from worker.app import app
 from worker.hls import CONTENT_TYPES, Variant, master_playlist
 from worker.intermediates import remove_intermediates_quietly
-from worker.task_support import load_job, reopen_if_replayed, workdir
+from worker.replay_rule import reopen_if_replayed
+from worker.task_support import load_job, workdir
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +86,7 @@ def _publish_master(storage: Storage, manifest: Manifest) -> str:
     probe = manifest.source.probe
     variants = [
         Variant(
-            uri=f"{r.name}/{PLAYLIST_NAME}",
+            uri=rendition_playlist_uri(r.name),
             bandwidth=r.bandwidth or 0,
             average_bandwidth=r.average_bandwidth or 0,
             width=r.width,

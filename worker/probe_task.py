@@ -26,7 +26,8 @@ from worker.app import app
 from worker.modes import registry
 from worker.modes.strategy import FanOut, ModePlan
 from worker.probe import probe as probe_file
-from worker.task_support import load_job, reopen_if_replayed, workdir
+from worker.replay_rule import reopen_if_replayed
+from worker.task_support import load_job, workdir
 
 logger = logging.getLogger(__name__)
 

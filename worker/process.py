@@ -76,15 +76,7 @@ def run(
     non-zero exit and EncodeError(``timeout``/``output_too_large``) when a limit stops it.
     ``on_line``: each stdout line as it arrives, none kept (a long listing is never held whole);
     whatever it raises stops the program and propagates."""
-    proc = subprocess.Popen(
-        bounded_argv(argv, timeout_s + OWN_LIMIT_MARGIN_S),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        text=True,
-        errors="replace",
-    )
+    proc = _start(argv, timeout_s)
     stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
     drain = threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True)
     drain.start()
@@ -126,6 +118,19 @@ def run(
     if proc.returncode != 0:
         raise ProcessFailed(proc.returncode, "".join(stderr_tail))
     return "".join(out)
+
+
+def _start(argv: Sequence[str], timeout_s: float) -> subprocess.Popen[str]:
+    """In its own process group (killed whole), no stdin, under its own time limit too."""
+    return subprocess.Popen(
+        bounded_argv(argv, timeout_s + OWN_LIMIT_MARGIN_S),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
+        errors="replace",
+    )
 
 
 def _read_stdout(

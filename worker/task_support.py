@@ -1,5 +1,5 @@
 """What every task of a job needs, in either mode: its manifest (never trusting the id it was
-sent), the replay rule (a replayed message reopens a failed job), and a scratch folder."""
+sent) and a scratch folder. The replay rule is in worker/replay_rule.py."""
 
 from __future__ import annotations
 
@@ -7,12 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from celery import Task
-
-from config.topology import REPLAY_COUNT_HEADER
 from core.errors import PermanentError
-from core.events import emit
-from core.job_model import JobState, Manifest, is_job_id
+from core.job_model import Manifest, is_job_id
 from core.manifest import JobStore
 from worker import host_cache, scratch
 
@@ -25,30 +21,6 @@ def load_job(jobs: JobStore, job_id: str) -> Manifest:
     if manifest is None:
         raise PermanentError("unknown_job", f"job {job_id} has no manifest")
     return manifest
-
-
-def replayed(task: Task) -> bool:
-    """Whether this message was replayed from the DLQ (the inspector's own header says so)."""
-    headers = task.request.headers or {}
-    return bool(headers.get(REPLAY_COUNT_HEADER))
-
-
-def reopen_if_replayed(
-    task: Task, jobs: JobStore, manifest: Manifest, state: JobState = "encoding"
-) -> None:
-    """A replayed message of a failed job puts the job back to work: once its cause was fixed,
-    replaying what died must complete the job, in either mode. Other messages of a failed job
-    still do their part (nothing is dropped), but only a replay reopens it."""
-    if manifest.state == "failed" and replayed(task) and jobs.reopen(manifest, state):
-        worker = task.request.hostname
-        emit(
-            task.app,
-            "job.reopened",
-            job_id=manifest.job_id,
-            state=state,
-            task=task.name,
-            worker=worker,
-        )
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from config.retry_policy import broker_retry
 from config.settings import Settings, get_settings
 from config.topology import ENCODE_QUEUE_NAME, declare_topology
 from console.s3server import EmbeddedS3, answers
-from core.monitor import queue_depths
+from core.queue_depths import queue_depths
 
 DEMO_DIR = Path("encodeq-demo")
 #: The demo's workers cut chunks this long (the default, 30 s, would leave the 12 s sample whole),

@@ -19,7 +19,7 @@ from kombu import Connection
 
 from config.settings import Settings, get_settings
 from config.topology import ENCODE_QUEUE_NAME
-from core.monitor import queue_depths
+from core.queue_depths import queue_depths
 
 #: Where the broker is when nothing says otherwise (RabbitMQ's own default user).
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"

@@ -27,8 +27,9 @@ from worker import encoder, host_cache, process
 from worker.app import app
 from worker.finalize import finalize_when_done
 from worker.modes.strategy import FallBack, FanOut, ModePlan
+from worker.replay_rule import reopen_if_replayed
 from worker.segment_upload import SegmentUploader
-from worker.task_support import load_job, reopen_if_replayed, workdir
+from worker.task_support import load_job, workdir
 
 #: How often a running encode writes its progress into its rendition record (events go faster).
 RECORD_PROGRESS_EVERY_S = 5.0

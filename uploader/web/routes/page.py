@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from core.monitor import WATCHED_QUEUES
+from core.queue_depths import WATCHED_QUEUES
 from uploader.web.state import Web
 
 #: The page's files (``index.html``, scripts, styles), served under ``/static`` by app.py.

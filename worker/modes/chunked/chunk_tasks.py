@@ -24,7 +24,8 @@ from worker.modes.chunked import joining
 from worker.modes.chunked.chunked_job import chunked_manifest
 from worker.modes.chunked.join_task import join
 from worker.modes.chunked.packets import video_packets
-from worker.task_support import load_job, reopen_if_replayed, workdir
+from worker.replay_rule import reopen_if_replayed
+from worker.task_support import load_job, workdir
 
 
 @app.task(name="encodeq.encode_chunk", bind=True, **retry_options())

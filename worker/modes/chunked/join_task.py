@@ -25,8 +25,9 @@ from worker.finalize import finalize_when_done
 from worker.hls import MediaPlaylistStats
 from worker.modes.chunked import joining, seams
 from worker.modes.chunked.chunked_job import chunked_manifest
+from worker.replay_rule import reopen_if_replayed
 from worker.segment_upload import SegmentUploader
-from worker.task_support import reopen_if_replayed, workdir
+from worker.task_support import workdir
 
 
 @dataclass(frozen=True)
