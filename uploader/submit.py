@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from celery import Celery
 from kombu.exceptions import OperationalError
+from kombu.utils.functional import retry_over_time
 
-from config.retry_policy import broker_retry
+from config.retry_policy import BROKER_RETRY_INTERVALS, broker_retry
 from config.settings import get_settings
 from config.topology import PROBE_TASK, declare_topology
 from core.celery_app import publisher
@@ -35,10 +37,27 @@ class BrokerUnavailable(SubmitError):
 
 def publish_probe(job_id: str) -> None:
     """Declare the topology (so a job published before any worker ran is kept) and publish the
-    probe with publisher confirms, waiting up to ``broker_wait_s`` for an unreachable broker."""
+    probe with publisher confirms, waiting up to ``broker_wait_s`` for an unreachable broker.
+
+    The whole connect-declare-publish is retried, not only the connect: a broker that goes away
+    between the connect and the confirm (a restart) is waited for like one that was never there.
+    A publish retried after RabbitMQ took it but before its confirm arrived is a second probe,
+    which the first one's claim turns into a no-op (worker/probe_task.py).
+    """
     app = publisher()
     with app.connection_for_write() as connection:
-        connection.ensure_connection(**broker_retry(timeout=get_settings().broker_wait_s))
+        recoverable = (OperationalError, *connection.recoverable_connection_errors)
+    retry_over_time(
+        _publish_probe_once,
+        recoverable,
+        args=(app, job_id),
+        **broker_retry(timeout=get_settings().broker_wait_s),
+    )
+
+
+def _publish_probe_once(app: Celery, job_id: str) -> None:
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, **BROKER_RETRY_INTERVALS)
         declare_topology(connection)
         app.send_task(PROBE_TASK, args=[job_id], connection=connection)
 

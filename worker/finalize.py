@@ -35,6 +35,29 @@ from worker.task_support import load_job, workdir
 logger = logging.getLogger(__name__)
 
 
+def rendition_done(
+    jobs: JobStore,
+    job_id: str,
+    record: Rendition,
+    playlist: str,
+    names: list[str],
+    queue: str | None = None,
+) -> None:
+    """The fan-in of either mode: a rung is complete (its record written, its event out), then
+    finalize once it was the last."""
+    jobs.save_rendition(job_id, record)
+    emit(
+        app,
+        "rendition.completed",
+        job_id=job_id,
+        rendition=record.name,
+        worker=record.worker,
+        playlist=playlist,
+        size_bytes=record.size_bytes,
+    )
+    finalize_when_done(jobs, job_id, names, queue)
+
+
 def finalize_when_done(
     jobs: JobStore, job_id: str, names: list[str], queue: str | None = None
 ) -> None:

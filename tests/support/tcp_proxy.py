@@ -35,6 +35,10 @@ class TcpProxy:
         """Stop listening and drop every open connection: the far side sees a dead S3."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            # close() alone leaves a thread blocked in accept() holding the socket, still
+            # listening; shutdown() wakes it, so new connections are refused from here on.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self._lock:
             for sock in self._open:

@@ -25,7 +25,7 @@ from core.manifest import JobStore
 from core.storage import Storage
 from worker import encoder, host_cache, process
 from worker.app import app
-from worker.finalize import finalize_when_done
+from worker.finalize import finalize_when_done, rendition_done
 from worker.modes.strategy import FallBack, FanOut, ModePlan
 from worker.replay_rule import reopen_if_replayed
 from worker.segment_upload import SegmentUploader
@@ -96,17 +96,7 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
                 raise EncodeError("encode_failed", f"ffmpeg failed: {exc}") from None
             playlist_uri = uploads.finish(result.folder / PLAYLIST_NAME)
     record = _completed(record, result, playlist_uri, probe, plan, settings)
-    jobs.save_rendition(job_id, record)
-    emit(
-        app,
-        "rendition.completed",
-        job_id=job_id,
-        rendition=rendition,
-        worker=record.worker,
-        playlist=playlist_uri,
-        size_bytes=record.size_bytes,
-    )
-    finalize_when_done(jobs, job_id, list(planned))
+    rendition_done(jobs, job_id, record, playlist_uri, list(planned))
 
 
 def _progress(jobs: JobStore, job_id: str, record: Rendition) -> Callable[[encoder.Progress], None]:

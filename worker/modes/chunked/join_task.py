@@ -21,7 +21,7 @@ from core.manifest import JobStore
 from core.storage import Storage
 from worker import encoder, host_cache, process
 from worker.app import app
-from worker.finalize import finalize_when_done
+from worker.finalize import finalize_when_done, rendition_done
 from worker.hls import MediaPlaylistStats
 from worker.modes.chunked import joining, seams
 from worker.modes.chunked.chunked_job import chunked_manifest
@@ -75,17 +75,7 @@ def join(self: Task, job_id: str, rendition: str) -> None:
             "size_bytes": published.stats.size_bytes,
         }
     )
-    jobs.save_rendition(job_id, record)
-    emit(
-        app,
-        "rendition.completed",
-        job_id=job_id,
-        rendition=rendition,
-        worker=record.worker,
-        playlist=published.playlist,
-        size_bytes=record.size_bytes,
-    )
-    finalize_when_done(jobs, job_id, list(planned), queue=ENCODE_QUEUE_NAME)
+    rendition_done(jobs, job_id, record, published.playlist, list(planned), queue=ENCODE_QUEUE_NAME)
 
 
 def _join_and_publish(
