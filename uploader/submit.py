@@ -41,25 +41,27 @@ def publish_probe(job_id: str) -> None:
 
     The whole connect-declare-publish is retried, not only the connect: a broker that goes away
     between the connect and the confirm (a restart) is waited for like one that was never there.
-    A publish retried after RabbitMQ took it but before its confirm arrived is a second probe,
-    which the first one's claim turns into a no-op (worker/probe_task.py).
+    Every attempt publishes the same task id, so a publish retried after RabbitMQ took it but
+    before its confirm arrived is a duplicate delivery of one probe, which its claim absorbs
+    (worker/probe_task.py), not a second probe.
     """
     app = publisher()
+    task_id = uuid.uuid4().hex
     with app.connection_for_write() as connection:
         recoverable = (OperationalError, *connection.recoverable_connection_errors)
     retry_over_time(
         _publish_probe_once,
         recoverable,
-        args=(app, job_id),
+        args=(app, job_id, task_id),
         **broker_retry(timeout=get_settings().broker_wait_s),
     )
 
 
-def _publish_probe_once(app: Celery, job_id: str) -> None:
+def _publish_probe_once(app: Celery, job_id: str, task_id: str) -> None:
     with app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, **BROKER_RETRY_INTERVALS)
         declare_topology(connection)
-        app.send_task(PROBE_TASK, args=[job_id], connection=connection)
+        app.send_task(PROBE_TASK, args=[job_id], task_id=task_id, connection=connection)
 
 
 def check_file(path: Path) -> int:
