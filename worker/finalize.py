@@ -14,6 +14,7 @@ from celery import Task
 
 from config.retry_policy import retry_options
 from config.settings import get_settings
+from core.errors import PermanentError
 from core.events import emit
 from core.job_model import Manifest, Rendition
 from core.layout import (
@@ -33,6 +34,25 @@ from worker.replay_rule import reopen_if_replayed
 from worker.task_support import load_job, workdir
 
 logger = logging.getLogger(__name__)
+
+
+def rendition_to_do(
+    task: Task, jobs: JobStore, manifest: Manifest, rendition: str, queue: str | None = None
+) -> dict[str, Rendition] | None:
+    """The opening of either mode's last task for a rung: the job's planned rungs by name, or None
+    when a duplicate delivery (a lost ack, a re-run probe) finds the rung already completed, in
+    which case finalize is published again should this rung have been the last."""
+    planned = {r.name: r for r in manifest.renditions}
+    if rendition not in planned:
+        raise PermanentError(
+            "bad_arguments", f"job {manifest.job_id} has no rendition {rendition!r}"
+        )
+    reopen_if_replayed(task, jobs, manifest)
+    done = jobs.load_rendition(manifest.job_id, rendition)
+    if done is not None and done.state == "completed":
+        finalize_when_done(jobs, manifest.job_id, list(planned), queue)
+        return None
+    return planned
 
 
 def rendition_done(

@@ -17,7 +17,7 @@ from celery import Task
 from config.ladder import RenditionPlan
 from config.retry_policy import retry_options
 from config.settings import Settings, get_settings
-from core.errors import EncodeError, PermanentError
+from core.errors import EncodeError
 from core.events import emit
 from core.job_model import ProbeResult, Rendition
 from core.layout import PLAYLIST_NAME, rendition_prefix
@@ -25,9 +25,8 @@ from core.manifest import JobStore
 from core.storage import Storage
 from worker import encoder, host_cache, process
 from worker.app import app
-from worker.finalize import finalize_when_done, rendition_done
+from worker.finalize import rendition_done, rendition_to_do
 from worker.modes.strategy import FallBack, FanOut, ModePlan
-from worker.replay_rule import reopen_if_replayed
 from worker.segment_upload import SegmentUploader
 from worker.task_support import load_job, workdir
 
@@ -62,14 +61,8 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
     storage = Storage()
     jobs = JobStore(storage)
     manifest = load_job(jobs, job_id)
-    planned = {r.name: r for r in manifest.renditions}
-    if rendition not in planned:
-        raise PermanentError("bad_arguments", f"job {job_id} has no rendition {rendition!r}")
-    reopen_if_replayed(self, jobs, manifest)
-    done = jobs.load_rendition(job_id, rendition)
-    if done is not None and done.state == "completed":
-        # A duplicate delivery (a lost ack, a re-run probe): the output is already there.
-        finalize_when_done(jobs, job_id, list(planned))
+    planned = rendition_to_do(self, jobs, manifest, rendition)
+    if planned is None:
         return
     record = planned[rendition].model_copy(
         update={

@@ -13,7 +13,7 @@ from config.ladder import RenditionPlan
 from config.retry_policy import retry_options
 from config.settings import Settings, get_settings
 from config.topology import ENCODE_QUEUE_NAME
-from core.errors import EncodeError, PermanentError
+from core.errors import EncodeError
 from core.events import emit
 from core.job_model import ChunkPlan, Manifest, ProbeResult, Rendition
 from core.layout import UPLOADS, audio_key, chunk_output_key, rendition_prefix
@@ -21,11 +21,10 @@ from core.manifest import JobStore
 from core.storage import Storage
 from worker import encoder, host_cache, process
 from worker.app import app
-from worker.finalize import finalize_when_done, rendition_done
+from worker.finalize import rendition_done, rendition_to_do
 from worker.hls import MediaPlaylistStats
 from worker.modes.chunked import joining, seams
 from worker.modes.chunked.chunked_job import chunked_manifest
-from worker.replay_rule import reopen_if_replayed
 from worker.segment_upload import SegmentUploader
 from worker.task_support import workdir
 
@@ -47,13 +46,8 @@ def join(self: Task, job_id: str, rendition: str) -> None:
     manifest = chunked_manifest(jobs, job_id)
     if manifest is None:
         return
-    planned = {r.name: r for r in manifest.renditions}
-    if rendition not in planned:
-        raise PermanentError("bad_arguments", f"job {job_id} has no rendition {rendition!r}")
-    reopen_if_replayed(self, jobs, manifest)
-    done = jobs.load_rendition(job_id, rendition)
-    if done is not None and done.state == "completed":
-        finalize_when_done(jobs, job_id, list(planned), queue=ENCODE_QUEUE_NAME)
+    planned = rendition_to_do(self, jobs, manifest, rendition, queue=ENCODE_QUEUE_NAME)
+    if planned is None:
         return
     record = planned[rendition].model_copy(
         update={"state": "encoding", "worker": self.request.hostname, "task_id": self.request.id}
