@@ -74,7 +74,8 @@ def per_rung_pipeline(source: Path) -> float:
         return run_job(source, mode="per-rung").seconds
 
 
-def _epoch(iso: str) -> float:
+def epoch(iso: str) -> float:
+    """An ISO time of a job record, as seconds since the epoch."""
     return datetime.fromisoformat(iso).timestamp()
 
 
@@ -92,8 +93,8 @@ def chunked_pipeline(source: Path, workers: int, pinned: bool, one_thread: bool 
     assert manifest is not None and manifest.chunks is not None
     records = [jobs.load_chunk(run.job_id, i) for i in range(manifest.chunks.count)]
     done = [r for r in records if r is not None and r.started_at and r.seconds is not None]
-    first = min(_epoch(r.started_at or "") for r in done)
-    last = max(_epoch(r.started_at or "") + (r.seconds or 0.0) for r in done)
+    first = min(epoch(r.started_at or "") for r in done)
+    last = max(epoch(r.started_at or "") + (r.seconds or 0.0) for r in done)
     uploaded = run.started_at + run.upload_seconds
     phases = {
         "upload": run.upload_seconds,

@@ -7,6 +7,7 @@ portrait renditions (720p of a 1080x1920 clip is 720x1280) and nothing is ever u
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,18 @@ class RenditionPlan:
     @property
     def bufsize_kbps(self) -> int:
         return self.video_kbps * 2
+
+
+class Sized(Protocol):
+    name: str
+    width: int
+    height: int
+
+
+def size_order(rung: Sized) -> tuple[int, str]:
+    """Smallest picture first (a rung's plan or its record alike): the order rungs go out in,
+    since the smallest is playable soonest."""
+    return rung.width * rung.height, rung.name
 
 
 def _even(value: float) -> int:

@@ -53,8 +53,34 @@ class Settings(BaseSettings):
     x264_preset: str = "veryfast"
     segment_seconds: int = 4
     audio_bitrate_k: int = 128
-    #: Threads per ffmpeg (0 lets ffmpeg choose); bench pins it to model single-core hosts.
+    #: Threads per ffmpeg; 0: the cores this worker may use divided among its pool processes
+    #: (worker/encoder.py ``encoder_threads``), so ffmpegs of one worker never fight over cores.
     ffmpeg_threads: int = 0
+    #: The worker's pool processes: ``python -m worker --concurrency`` sets it for its children.
+    worker_concurrency: int = 0
+    #: Back-pressure: uploads are refused while the work queues hold this many tasks waiting
+    #: (uploader/submit.py); 0: no bound.
+    max_queued_tasks: int = 1000
+    #: How many of a job's encode tasks wait in the queue or run at once (worker/window.py);
+    #: 0: as many as the encode queue has consumers when the job fans out.
+    job_window: int = 0
+    #: Whether this worker node runs the janitor (worker/janitor.py); ``encodeq worker`` sets it
+    #: on one node of its own (the control node, else the worker's own node).
+    janitor: bool = True
+    #: Normal jobs no longer than this (s) encode in the express lane; longer ones in the bulk
+    #: lane (worker/lanes.py).
+    express_max_s: float = 120.0
+    #: Each lane's node runs at this niceness (nice(2): 0 to 19), so under contention the CPU goes
+    #: to the most urgent lane first, and every lane keeps a share (none starves for ever).
+    nice_high: int = 0
+    nice_express: int = 10
+    nice_bulk: int = 19
+    #: Drill: a task's process dies (SIGKILL) between recording its work and publishing the
+    #: job's next task, on each task's first delivery (the window's hand-over must survive it).
+    drill_crash_before_successor: bool = False
+    #: Pool processes of the control node a worker starts beside its encode node (probes, joins,
+    #: finalize, the straggler watchdog: short tasks that must never wait behind an encode).
+    control_concurrency: int = 2
     #: Where workers keep local copies of sources and outputs while they work, the host cache,
     #: and DLQ exports: empty means a per-user private folder (``private_dir``).
     work_dir: str = ""
@@ -65,14 +91,29 @@ class Settings(BaseSettings):
     host_cache_bytes: int = 10 * 1024**3
 
     # --- chunk-parallel encoding (worker/modes/chunked/) -----------------------------------------
-    #: Target chunk length; rounded up to a multiple of ``segment_seconds`` so every chunk
-    #: boundary is also an HLS segment boundary (keyframes stay aligned across rungs).
-    chunk_seconds: int = 30
-    #: Sources at least this long default to chunked mode: two chunks, so there is something to
-    #: spread over workers. bench/bench_chunked.py measures chunked ahead of per-rung from 24 s
-    #: up (per-rung decodes the source once per rung); shorter sources stay per-rung, where the
-    #: rungs themselves are the parallel work. ``encodeq upload --mode`` overrides.
-    chunked_min_duration_s: float = 60.0
+    #: Chunks per encode consumer the broker reports (the plan's fleet share): 2 keeps a worker
+    #: of concurrency 2 busy, or a worker of concurrency 1 busy for two even waves.
+    chunks_per_consumer: int = 2
+    #: No chunk shorter than this (below it a chunk's fixed cost, about 0.5 s of task, ffmpeg
+    #: start and uploads, outweighs spreading it; bench/bench_sweep.py) ...
+    min_chunk_s: float = 4.0
+    #: ... nor longer than this (long sources get more chunks, a multiple of the fleet share, so
+    #: a slow or lost chunk costs little and stragglers can be offered again).
+    max_chunk_s: float = 60.0
+    #: A fixed chunk length instead of the plan's (tests and benches); 0: planned.
+    chunk_seconds: float = 0.0
+    #: Sources at least this long default to chunked mode; ``encodeq upload --mode`` overrides.
+    #: bench/bench_sweep.py measured chunked ahead of (or level with) per-rung at every length
+    #: from 12 s to 60 s on 2 workers; below about two minimum chunks there is nothing to spread,
+    #: and one chunk's single ffmpeg would leave cores idle while per-rung's rungs fill them.
+    chunked_min_duration_s: float = 10.0
+    #: Chunked mode encodes the lowest rung from the whole source in a task of its own (the
+    #: job's first), so a job plays seconds after its upload whatever its length; the chunks
+    #: encode the other rungs. Costs one more decode of the source (bench/bench_many_jobs.py).
+    lowest_rung_whole: bool = True
+    #: ... for sources up to this long (s): one task decodes all of it, and must end well inside
+    #: the task time limit; a longer source's lowest rung is chunked and plays at its join.
+    lowest_rung_whole_max_s: float = 1800.0
     #: A chunk running longer than this many times the median of its finished siblings (and at
     #: least ``straggler_min_s``) is offered to a second worker; the first result wins.
     straggler_factor: float = 3.0

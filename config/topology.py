@@ -1,7 +1,9 @@
 """The RabbitMQ topology, declared the same way by whoever connects first.
 
-    exchange encodeq (topic) --control--> encodeq.control  (quorum: probe, finalize)
-                             --encode---> encodeq.encode   (quorum: the heavy work)
+    exchange encodeq (topic) --control--> encodeq.control  (quorum: probe, join, finalize, watchdog)
+                             --encode---> encodeq.encode   (quorum: the bulk lane: long jobs)
+                             --encode.express> encodeq.encode.express (quorum: short jobs)
+                             --encode.high> encodeq.encode.high (quorum: high-priority encodes)
     each work queue dead-letters (at-least-once, delivery limit) to
     exchange encodeq.dlx (fanout) --> encodeq.dlq (classic, durable: browsing it costs nothing)
     exchange encodeq.events (topic): job.*, rendition.* and chunk.* lifecycle events, pub-sub
@@ -23,9 +25,24 @@ EVENTS_EXCHANGE = Exchange("encodeq.events", type="topic", durable=True)
 
 CONTROL_QUEUE_NAME = "encodeq.control"
 ENCODE_QUEUE_NAME = "encodeq.encode"
+#: The encodes' other lanes (worker/lanes.py): short jobs; high-priority jobs.
+ENCODE_EXPRESS_QUEUE_NAME = "encodeq.encode.express"
+ENCODE_HIGH_QUEUE_NAME = "encodeq.encode.high"
+#: The encode lanes, most urgent first. A worker that consumes the encode queue consumes them
+#: all, one node each (worker/nodes.py).
+ENCODE_LANES = (ENCODE_HIGH_QUEUE_NAME, ENCODE_EXPRESS_QUEUE_NAME, ENCODE_QUEUE_NAME)
 DEAD_LETTER_QUEUE_NAME = "encodeq.dlq"
 #: Where the DLQ inspector parks messages replayed too often (classic, durable, no consumers).
 PARKED_QUEUE_NAME = "encodeq.dlq.parked"
+
+
+def with_lanes(queues: list[str]) -> list[str]:
+    """The queues a worker is asked to consume, the encode queue bringing every encode lane."""
+    wanted = list(dict.fromkeys(q for q in queues if q))
+    if ENCODE_QUEUE_NAME in wanted:
+        wanted += [lane for lane in ENCODE_LANES if lane not in wanted]
+    return wanted
+
 
 #: Our own message header (not ``x-``: RabbitMQ reserves those): how often the DLQ inspector
 #: replayed a message. Workers read it too: a replayed task of a failed job reopens the job.
@@ -34,21 +51,31 @@ REPLAY_COUNT_HEADER = "encodeq-replay-count"
 #: The first task of every job: the uploader publishes it by name (it never imports the worker), and
 #: so does the janitor for a job left queued.
 PROBE_TASK = "encodeq.probe"
+#: One rung from the whole source (per-rung mode's every task; chunked mode's lowest rung, which
+#: chunked mode publishes by name: the modes never import each other).
+ENCODE_RUNG_TASK = "encodeq.encode"
 
-#: Celery task name -> (queue name, routing key). The one routing table.
+#: Work queue -> its routing key on the work exchange.
+WORK_QUEUE_KEYS: dict[str, str] = {
+    CONTROL_QUEUE_NAME: "control",
+    ENCODE_QUEUE_NAME: "encode",
+    ENCODE_EXPRESS_QUEUE_NAME: "encode.express",
+    ENCODE_HIGH_QUEUE_NAME: "encode.high",
+}
+
+#: Celery task name -> (queue name, routing key). The one routing table (an encode whose job
+#: belongs in another lane is sent there by name: worker/lanes.py).
 TASK_ROUTES: dict[str, tuple[str, str]] = {
     PROBE_TASK: (CONTROL_QUEUE_NAME, "control"),
     "encodeq.finalize": (CONTROL_QUEUE_NAME, "control"),
-    "encodeq.encode": (ENCODE_QUEUE_NAME, "encode"),
-    # Chunked mode routes everything to the encode queue, the light joins and the straggler
-    # watchdog too, on purpose: prefetch is per consumer on quorum queues, so a worker stuck in an
-    # encode holds its one encode delivery and can take no other from that queue, but its control
-    # consumer still has a free slot and would swallow (hold unexecuted) a control message: the
-    # watchdog meant to rescue its chunk, or a join. (Chunked joins send finalize there too.)
+    ENCODE_RUNG_TASK: (ENCODE_QUEUE_NAME, "encode"),
     "encodeq.encode_chunk": (ENCODE_QUEUE_NAME, "encode"),
     "encodeq.encode_audio": (ENCODE_QUEUE_NAME, "encode"),
-    "encodeq.join": (ENCODE_QUEUE_NAME, "encode"),
-    "encodeq.watch_chunks": (ENCODE_QUEUE_NAME, "encode"),
+    # Light work: concatenation and checks, and the watchdog that rescues a stuck chunk. A worker
+    # consumes each queue on a node of its own (worker/nodes.py), so none of these waits
+    # behind an encode held by a busy node.
+    "encodeq.join": (CONTROL_QUEUE_NAME, "control"),
+    "encodeq.watch_chunks": (CONTROL_QUEUE_NAME, "control"),
 }
 
 
@@ -67,11 +94,11 @@ def work_queue_arguments(delivery_limit: int | None = None) -> dict[str, object]
 
 
 def work_queues() -> list[Queue]:
-    """The two work queues, as Celery's task_queues."""
+    """The work queues, as Celery's task_queues."""
     args = work_queue_arguments()
     return [
-        Queue(CONTROL_QUEUE_NAME, WORK_EXCHANGE, routing_key="control", queue_arguments=args),
-        Queue(ENCODE_QUEUE_NAME, WORK_EXCHANGE, routing_key="encode", queue_arguments=args),
+        Queue(name, WORK_EXCHANGE, routing_key=key, queue_arguments=args)
+        for name, key in WORK_QUEUE_KEYS.items()
     ]
 
 

@@ -1,4 +1,4 @@
-"""The ``encodeq`` command: worker, upload, status, jobs, dlq, demo, watch, serve.
+"""The ``encodeq`` command: worker, upload, status, jobs, cancel, dlq, demo, watch, serve.
 
 A thin Typer app: each command lives with what it does and is mounted here under its name. The
 services' own entry points are mounted as they are (``worker/main.py``, ``uploader/web/main.py``,
@@ -26,6 +26,7 @@ app.command("worker")(worker_main.worker)
 app.command()(upload.upload)
 app.command()(jobs.status)
 app.command("jobs")(jobs.list_jobs)
+app.command()(jobs.cancel)
 app.add_typer(dlq_app, name="dlq", help="Inspect, replay and purge the dead-letter queue.")
 app.command()(tour.demo)
 app.command()(watch.watch)

@@ -11,6 +11,8 @@ from console.terminal import fail, out, print_json
 from core.job_model import Manifest, is_job_id
 from core.manifest import JobStore
 from core.storage import Storage
+from uploader.cancel import CancelError
+from uploader.cancel import cancel as cancel_job
 
 
 def status(
@@ -60,16 +62,32 @@ def list_jobs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 def summary(m: Manifest) -> None:
-    """A job in three lines: id, state and file; its error; its master playlist."""
-    colour = {"completed": "green", "failed": "red"}.get(m.state, "yellow")
+    """A job in three lines: id, state and file; its error; its master playlist (or, while it
+    encodes, the rungs that play already)."""
+    colour = {"completed": "green", "failed": "red", "cancelled": "dim"}.get(m.state, "yellow")
     out.print(f"[bold]{m.job_id}[/] [{colour}]{m.state}[/] {m.source.filename}", highlight=False)
     if m.error:
         out.print(f"  [red]{m.error.code}[/]: {m.error.message}", highlight=False)
     if m.master_playlist:
         out.print(f"  master: {m.master_playlist}", highlight=False)
+    elif m.state == "encoding" and (live := [r.name for r in m.renditions if r.live_playlist]):
+        # the lowest rung plays while the rest encodes (its playlist grows: HLS EVENT)
+        out.print(f"  playable now: {', '.join(live)} (still encoding)", highlight=False)
 
 
 def print_manifests(manifests: list[Manifest]) -> None:
     """One manifest as an object, several as a list (``--json``)."""
     docs = [m.model_dump(mode="json") for m in manifests]
     print_json(docs[0] if len(docs) == 1 else docs)
+
+
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="A job id printed by upload.")],
+) -> None:
+    """Cancel a job: its ffmpeg stopped on every worker, its queued tasks dropped as they come
+    up, its intermediates removed. Exit 1 when the job is unknown or already finished."""
+    try:
+        cancel_job(job_id)
+    except CancelError as exc:
+        fail(exc.message, code=1)
+    out.print(f"{job_id} cancelled", highlight=False)

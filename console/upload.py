@@ -14,7 +14,7 @@ from console.upload_bar import UploadBar, upload_progress
 from core.job_model import Manifest
 from core.manifest import JobStore
 from core.storage import Storage
-from uploader.submit import SubmitError, check_file, submit
+from uploader.submit import Busy, SubmitError, check_admission, check_file, submit
 
 
 def upload(
@@ -29,18 +29,28 @@ def upload(
             "(one task per rung); default: chunked for long sources."
         ),
     ] = None,
+    priority: Annotated[
+        str,
+        typer.Option(help="high: the jobs' encodes overtake normal ones at the next free worker."),
+    ] = "normal",
 ) -> None:
     """Upload videos and start their jobs; prints job ids. With --wait: exit 0 when every job
-    completed, 1 when any failed (or the timeout passed)."""
+    completed, 1 when any failed (or the timeout passed). Exit 3: the queues are at their bound
+    (ENCODEQ_MAX_QUEUED_TASKS), nothing uploaded."""
     if mode not in (None, "chunked", "per-rung"):
         fail(f"--mode must be chunked or per-rung, not {mode!r}")
-    for path in paths:  # refuse before anything is uploaded
-        try:
+    if priority not in ("normal", "high"):
+        fail(f"--priority must be high or normal, not {priority!r}")
+    try:  # refuse before anything is uploaded
+        for path in paths:
             check_file(path)
-        except SubmitError as exc:
-            fail(str(exc))
+        check_admission()
+    except Busy as exc:
+        fail(str(exc), code=3)
+    except SubmitError as exc:
+        fail(str(exc))
     storage = Storage()
-    submitted = _submit_all(paths, storage, mode, as_json)
+    submitted = _submit_all(paths, storage, mode, priority, as_json)
     if not wait:
         if as_json:
             print_manifests(submitted)
@@ -61,7 +71,7 @@ def upload(
 
 
 def _submit_all(
-    paths: list[Path], storage: Storage, mode: str | None, as_json: bool
+    paths: list[Path], storage: Storage, mode: str | None, priority: str, as_json: bool
 ) -> list[Manifest]:
     """Upload each file with a bar, printing each job id as it starts (on stderr under --json)."""
     submitted: list[Manifest] = []
@@ -69,7 +79,15 @@ def _submit_all(
         for path in paths:
             try:
                 bar = UploadBar(bars, f"upload {path.name}")
-                manifest = submit(path, storage, progress=bar, mode=mode)  # type: ignore[arg-type]
+                manifest = submit(
+                    path,
+                    storage,
+                    progress=bar,
+                    mode=mode,  # type: ignore[arg-type]
+                    priority=priority,  # type: ignore[arg-type]
+                )
+            except Busy as exc:
+                fail(str(exc), code=3)
             except SubmitError as exc:
                 fail(str(exc))
             submitted.append(manifest)

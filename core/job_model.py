@@ -21,11 +21,15 @@ from pydantic import (
     model_validator,
 )
 
-JobState = Literal["queued", "probing", "encoding", "completed", "failed"]
+JobState = Literal["queued", "probing", "encoding", "completed", "failed", "cancelled"]
 RenditionState = Literal["pending", "encoding", "completed", "failed"]
 #: per-rung: one task per rung decodes the whole source; chunked: one task per chunk decodes it
 #: once for every rung, then a join per rung.
 EncodeMode = Literal["chunked", "per-rung"]
+#: States a job never leaves on its own (a replay can reopen a failed one).
+FINISHED: tuple[JobState, ...] = ("completed", "failed", "cancelled")
+#: The lane of a job's encodes (worker/window.py): high jobs overtake normal ones.
+Priority = Literal["normal", "high"]
 
 
 #: A job id is ours: ``uuid4().hex``, made by the uploader. Anything else named as one (a forged
@@ -97,7 +101,7 @@ class SourceInfo(BaseModel):
     filename: str
     size_bytes: int
     probe: ProbeResult | None = None
-    #: Video frames (packets) of the source, counted when it is split into chunks.
+    #: Video frames (packets) of the source, counted when chunks are planned from them.
     frames: int | None = None
 
     @model_validator(mode="before")
@@ -152,23 +156,52 @@ class SeamCheck(BaseModel):
 
 
 class ChunkPlan(BaseModel):
-    """How the source was cut: stream copy at keyframes, or an accurate (lossless) split."""
+    """Which frames each chunk encodes (worker/modes/chunked/chunk_plan.py), and why so many.
 
-    split: Literal["copy", "accurate"]
-    seconds: int
+    ``range``: each chunk task decodes its own frames from the source (seek, then trim). Jobs of
+    earlier versions were cut ahead (``copy``: stream copy at keyframes; ``accurate``: a lossless
+    re-encode); their chunks are decoded by range too when a replay encodes them again.
+    """
+
+    split: Literal["range", "copy", "accurate"]
+    #: The chunks' length (s), planned from the source and the fleet.
+    seconds: float
     #: Start time of each chunk (seconds from the first frame); frames and duration of each.
     starts: list[float]
     frames: list[int]
     durations: list[float]
-    #: Why the accurate split was taken, when it was.
+    #: Why the plan has these chunks (or why the source went per rung).
     reason: str | None = None
     #: The source's own frame interval at each seam (what the joined rendition must show there;
     #: 1/fps for constant frame rate sources).
     seam_intervals: list[float] | None = None
+    #: Where the first frame sits on ffmpeg's input timeline (its time after the file's start).
+    origin: float = 0.0
+    #: Between chunk k and k+1: midway from the last frame of one to the first of the next
+    #: (seconds from the first frame), so a trim there keeps exactly the plan's frames.
+    bounds: list[float] | None = None
+    #: Where each chunk's decode starts (seconds from the first frame; 0: the beginning).
+    seeks: list[float] | None = None
+    #: Rungs the chunks do not encode: each is encoded from the whole source by one task of its
+    #: own (the lowest: it plays from its first segment, seconds after the upload).
+    whole_rungs: list[str] = Field(default_factory=list)
 
     @property
     def count(self) -> int:
         return len(self.starts)
+
+    def decode_range(self, index: int) -> tuple[float, float, float | None]:
+        """Where chunk ``index``'s decode seeks, and the times its frames lie between (seconds
+        from the first frame; no end for the last chunk). A plan without bounds (cut ahead by an
+        earlier version) has them midway across each seam, and decodes from the beginning."""
+        bounds = self.bounds
+        if bounds is None:
+            intervals = self.seam_intervals or [0.0] * (self.count - 1)
+            bounds = [t - gap / 2 for t, gap in zip(self.starts[1:], intervals, strict=True)]
+        seek = self.seeks[index] if self.seeks else 0.0
+        start = bounds[index - 1] if index else 0.0
+        end = bounds[index] if index < self.count - 1 else None
+        return seek, start, end
 
 
 class ChunkRecord(BaseModel):
@@ -196,6 +229,10 @@ class Rendition(BaseModel):
     video_kbps: int
     state: RenditionState = "pending"
     playlist: str | None = None
+    #: The playlist once the rung plays while its job still encodes: a whole-source encode's
+    #: growing EVENT playlist (``live.m3u8``; the finished one, ``playlist``, has a key of its
+    #: own; finalize removes the live one), or a chunked join's.
+    live_playlist: str | None = None
     worker: str | None = None
     progress: float = 0.0
     bandwidth: int | None = None
@@ -221,6 +258,15 @@ class Requeues(BaseModel):
     at: str = Field(default_factory=now_iso)
 
 
+class Cancellation(BaseModel):
+    """``<job>/cancelled.json``: written once, by ``encodeq cancel`` (or the dashboard), and by
+    nothing else, so no task that saves the job document afterwards can undo it."""
+
+    at: str = Field(default_factory=now_iso)
+    #: Who asked: ``cli`` or ``web``.
+    by: str = "cli"
+
+
 class Manifest(BaseModel):
     job_id: str
     state: JobState = "queued"
@@ -234,7 +280,7 @@ class Manifest(BaseModel):
     #: Requested at upload (None: chosen by the probe from the source's length), then resolved.
     mode: EncodeMode | None = None
     #: Why the job is in its mode when that is not what was asked or chosen (a chunked job that
-    #: went per rung because its source could not be split as planned).
+    #: went per rung because its source could not be chunked).
     mode_reason: str | None = None
     chunks: ChunkPlan | None = None
     #: Errors of earlier failures that a replay reopened, oldest first.
@@ -242,7 +288,11 @@ class Manifest(BaseModel):
     #: The probe task that claimed the job (the first to find it queued): a second probe message
     #: (the janitor re-publishes one for a job that looks orphaned) finds it taken and does nothing.
     probe_task: str | None = None
+    priority: Priority = "normal"
+    #: How many of its encode tasks wait or run at once (worker/window.py), fixed at fan-out;
+    #: None: every task was published at once.
+    window: int | None = None
 
     @property
     def finished(self) -> bool:
-        return self.state in ("completed", "failed")
+        return self.state in FINISHED

@@ -3,7 +3,6 @@
 Five logical buckets, each named ``<bucket_prefix><name>`` and created private on first use::
 
     uploads/     <job>/source.<ext>                   the upload, as the user sent it
-                 <job>/chunks/src/<index>.mp4         chunked mode: the cut chunks
                  <job>/chunks/<rung>/<index>.ts       chunked mode: each rung of each chunk
                  <job>/chunks/audio.ts                chunked mode: the job's audio, encoded once
     jobs/        <job>/manifest.json                  the job (core/manifest.py)
@@ -43,7 +42,13 @@ AUDIO = -1
 KNOWN_EXTENSIONS = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".flv", ".3gp"}
 
 PLAYLIST_NAME = "index.m3u8"
+#: A rung's playlist while it still grows (per-rung mode): a key of its own, so a late duplicate
+#: encode that dies mid-way can never put a playlist without ``#EXT-X-ENDLIST`` over a finished one.
+LIVE_PLAYLIST_NAME = "live.m3u8"
 MASTER_NAME = "master.m3u8"
+#: The job's master playlist while it still encodes (the rungs playable so far): a key of its own,
+#: so nothing that runs late can put it over the finished master.
+LIVE_MASTER_NAME = "live-master.m3u8"
 #: A rung's segments, as ffmpeg names them (``hls_segment_filename``) and as they are stored.
 SEGMENT_PATTERN = "seg_%05d.ts"
 SEGMENT_GLOB = "seg_*.ts"
@@ -58,10 +63,6 @@ def source_key(job_id: str, filename: str) -> str:
 def chunks_prefix(job_id: str) -> str:
     """Every intermediate of chunked mode: removed as one prefix once the job ends."""
     return f"{job_id}/chunks/"
-
-
-def chunk_source_key(job_id: str, index: int) -> str:
-    return f"{chunks_prefix(job_id)}src/{index:05d}.mp4"
 
 
 def chunk_output_key(job_id: str, rendition: str, index: int) -> str:
@@ -84,6 +85,10 @@ def rendition_record_key(job_id: str, name: str, completed: bool = True) -> str:
 def chunk_record_key(job_id: str, index: int, completed: bool = True) -> str:
     name = "audio" if index == AUDIO else f"{index:05d}"
     return f"{job_id}/chunks/{name}{'' if completed else '.live'}.json"
+
+
+def cancellation_key(job_id: str) -> str:
+    return f"{job_id}/cancelled.json"
 
 
 def requeues_key(job_id: str) -> str:
@@ -111,6 +116,10 @@ def rendition_playlist_uri(rendition: str) -> str:
 
 def master_key(job_id: str) -> str:
     return f"{job_id}/{MASTER_NAME}"
+
+
+def live_master_key(job_id: str) -> str:
+    return f"{job_id}/{LIVE_MASTER_NAME}"
 
 
 def poster_key(job_id: str) -> str:

@@ -8,12 +8,15 @@ completed (write-once in effect: nothing but another completion ever writes it) 
 ``<job>/renditions/<name>.live.json`` while it is pending, encoding or failed. A late duplicate of
 an encode (a redelivery after the rung was done) can only touch the live record, which the
 completed one shadows, so it can never downgrade a finished rendition. Chunk records work the
-same way. ``JobStore.load`` joins them. The documents themselves are defined in core/job_model.py.
+same way. A cancellation is an object of its own too (``<job>/cancelled.json``, written only by
+the canceller): whatever a running task saves afterwards, the job reads as cancelled.
+``JobStore.load`` joins them. The documents themselves are defined in core/job_model.py.
 """
 
 from __future__ import annotations
 
 from core.job_model import (
+    Cancellation,
     ChunkRecord,
     ErrorInfo,
     JobState,
@@ -23,7 +26,14 @@ from core.job_model import (
     Requeues,
     now_iso,
 )
-from core.layout import JOBS, chunk_record_key, manifest_key, rendition_record_key, requeues_key
+from core.layout import (
+    JOBS,
+    cancellation_key,
+    chunk_record_key,
+    manifest_key,
+    rendition_record_key,
+    requeues_key,
+)
 from core.storage import Storage
 
 
@@ -39,9 +49,28 @@ class JobStore:
         self.storage.put_json(JOBS, manifest_key(manifest.job_id), doc)
 
     def load_job(self, job_id: str) -> Manifest | None:
-        """The job-level document alone, as its writers last left it."""
+        """The job-level document alone, as its writers last left it; ``cancelled`` once the job
+        was cancelled (its own record), whatever a task wrote to the document since."""
         doc = self.storage.get_json(JOBS, manifest_key(job_id))
-        return None if doc is None else Manifest.model_validate(doc)
+        if doc is None:
+            return None
+        manifest = Manifest.model_validate(doc)
+        if manifest.state not in ("completed", "cancelled") and self.cancelled(job_id):
+            manifest.state = "cancelled"
+        return manifest
+
+    def cancelled(self, job_id: str) -> Cancellation | None:
+        doc = self.storage.get_json(JOBS, cancellation_key(job_id))
+        return None if doc is None else Cancellation.model_validate(doc)
+
+    def cancel(self, manifest: Manifest, by: str) -> Manifest:
+        """Record the cancellation (first, in its own object: the truth), then the state."""
+        self.storage.put_json(
+            JOBS, cancellation_key(manifest.job_id), Cancellation(by=by).model_dump(mode="json")
+        )
+        manifest.state = "cancelled"
+        self.save(manifest)
+        return manifest
 
     def load(self, job_id: str) -> Manifest | None:
         """The job as a user sees it: the job document with each rendition's latest record."""

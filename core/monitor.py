@@ -16,14 +16,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from core.job_model import Manifest, now_iso
+from core.job_model import FINISHED, Manifest, now_iso
 from core.queue_depths import QueueDepth
 
 #: Samples of queue depth kept for the "over time" chart (one a second: five minutes).
 QUEUE_HISTORY = 300
 #: Finished jobs kept in view next to the running ones.
 KEEP_FINISHED = 20
-FINISHED = ("completed", "failed")
 
 
 @dataclass
@@ -174,8 +173,11 @@ class Monitor:
             elif kind == "job.reopened":  # a replayed message put a failed job back to work
                 job.state = str(event.get("state") or "encoding")
                 job.error_code = job.error_message = None
+            elif kind == "job.cancelled":
+                job.state = "cancelled"
+                self._idle_job(job_id, None)
             elif kind == "job.failed":
-                if job.state != "completed":
+                if job.state not in ("completed", "cancelled"):
                     job.state = "failed"
                     job.error_code = event.get("code")
                     job.error_message = event.get("message")
@@ -223,6 +225,10 @@ class Monitor:
             job.chunk_count = event["chunks"]
         if job.state in ("queued", "probing"):
             job.state = "encoding"
+        if kind == "chunk.started" and view.state == "completed":
+            # A start announced late (its worker froze between recording the start and saying
+            # so): the chunk's first finisher won for good, and this copy will be discarded.
+            return
         if kind == "chunk.started":
             view.state, view.worker = "encoding", worker or view.worker
             view.offers = max(view.offers, int(event.get("offer") or 1))

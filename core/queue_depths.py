@@ -11,10 +11,22 @@ from typing import Any
 
 from amqp.exceptions import NotFound
 
-from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME
+from config.topology import (
+    CONTROL_QUEUE_NAME,
+    DEAD_LETTER_QUEUE_NAME,
+    ENCODE_EXPRESS_QUEUE_NAME,
+    ENCODE_HIGH_QUEUE_NAME,
+    ENCODE_QUEUE_NAME,
+)
 
 #: The queues a view shows, in the order the work flows.
-WATCHED_QUEUES = (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME)
+WATCHED_QUEUES = (
+    CONTROL_QUEUE_NAME,
+    ENCODE_HIGH_QUEUE_NAME,
+    ENCODE_EXPRESS_QUEUE_NAME,
+    ENCODE_QUEUE_NAME,
+    DEAD_LETTER_QUEUE_NAME,
+)
 
 
 @dataclass

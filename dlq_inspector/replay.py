@@ -7,7 +7,7 @@ delayed-delivery exchange goes straight to the queue it died in, not through the
 exist makes the publish unroutable, so the broker returns it and the DLQ copy stays.
 
 Where a replay may go at all: only to the work queues (through the work exchange with one of the
-routing keys of ``TASK_ROUTES``, or to ``encodeq.control`` / ``encodeq.encode`` by name) or to the
+routing keys of ``WORK_QUEUE_KEYS``, or to one of those queues by name) or to the
 parked queue. ``x-death`` is just a header: an imported (or hand-published) message can say it
 died in ``celery.pidbox``, a reply queue or ``amq.*``, and a copy sent there commands every worker.
 Such a message is kept in the DLQ with the reason. So is one carrying RabbitMQ's sender-selected
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from config.topology import PARKED_QUEUE_NAME, TASK_ROUTES, WORK_EXCHANGE
+from config.topology import PARKED_QUEUE_NAME, WORK_EXCHANGE, WORK_QUEUE_KEYS
 from core.failures import FailureRecord
 from dlq_inspector.broker import exchange_exists, queue_size
 from dlq_inspector.death import Death
@@ -37,7 +37,7 @@ from dlq_inspector.stream import Decision, Keep, Publish
 DELAY_PREFIX = "celery_delayed"
 
 #: Work routing keys of the work exchange -> the queue each reaches.
-WORK_ROUTES: dict[str, str] = {key: queue for queue, key in TASK_ROUTES.values()}
+WORK_ROUTES: dict[str, str] = {key: queue for queue, key in WORK_QUEUE_KEYS.items()}
 #: The queues a replay may reach: the work queues and the parked queue.
 REPLAY_QUEUES: frozenset[str] = frozenset([*WORK_ROUTES.values(), PARKED_QUEUE_NAME])
 #: Headers that make RabbitMQ route a copy to further queues (sender-selected distribution).

@@ -23,7 +23,7 @@ from support.media import make_clip, make_mid_gop_ts, make_video
 from support.storage import download_rendition, jobs, storage, wait_for_job
 from support.waiting import wait_for
 
-from config.settings import Settings
+from config.settings import Settings, get_settings
 from console.watch import render
 from core.events import EventSubscription
 from core.layout import AUDIO, RENDITIONS, UPLOADS
@@ -119,28 +119,33 @@ class TestChunkedJobs:
         assert manifest["state"] == "completed", manifest["error"]
         assert manifest["mode"] == "chunked"
         chunks = manifest["chunks"]
-        assert chunks["split"] == "copy" and chunks["reason"] is None
+        assert chunks["split"] == "range" and chunks["reason"].startswith("4 chunks of 2.00s")
         assert chunks["starts"] == [0.0, 2.0, 4.0, 6.0] and chunks["frames"] == [50] * 4
         assert manifest["source"]["frames"] == 200
         got = [(r["name"], r["width"], r["height"]) for r in manifest["renditions"]]
         assert got == [("360p", 640, 360), ("240p", 426, 240)]
+        # the lowest rung is encoded from the whole source (it plays first), the rest in chunks
+        assert chunks["whole_rungs"] == ["240p"]
         grids = []
         for r in manifest["renditions"]:
             assert r["state"] == "completed"
-            check = r["seam_check"]
-            assert check["passed"] and check["problems"] == []
-            assert check["frames"] == check["expected_frames"] == 200
-            assert check["seams"] == 3 and check["max_seam_error_s"] < 0.005
-            assert abs(check["audio_duration"] - check["video_duration"]) < 0.15
             settings = r["encoder"]
+            if r["name"] in chunks["whole_rungs"]:
+                assert r["seam_check"] is None and settings["mode"] == "per-rung"
+            else:
+                check = r["seam_check"]
+                assert check["passed"] and check["problems"] == []
+                assert check["frames"] == check["expected_frames"] == 200
+                assert check["seams"] == 3 and check["max_seam_error_s"] < 0.005
+                assert abs(check["audio_duration"] - check["video_duration"]) < 0.15
+                assert (settings["mode"], settings["chunks"], settings["chunk_seconds"]) == (
+                    "chunked",
+                    4,
+                    2,
+                )
             assert settings["codec"] == "libx264" and settings["preset"] == "ultrafast"
             assert settings["gop"] == 50 and settings["segment_seconds"] == 2
             assert settings["rate_control"]["bitrate"] == f"{r['video_kbps']}k"
-            assert (settings["mode"], settings["chunks"], settings["chunk_seconds"]) == (
-                "chunked",
-                4,
-                2,
-            )
             # What a player sees, decoded by ffprobe: size, every frame, both streams, length.
             playlist = download_rendition(r["playlist"], tmp_path)
             info = decoded(playlist)
@@ -158,55 +163,39 @@ class TestChunkedJobs:
         records = [store.load_chunk(manifest["job_id"], i) for i in range(4)]
         assert all(rec is not None and rec.state == "completed" for rec in records)
         assert store.load_chunk(manifest["job_id"], AUDIO).state == "completed"
-        # the intermediates (chunk sources, per-rung chunk outputs, audio) went with completion;
+        # the intermediates (per-rung chunk outputs, audio) went with completion;
         # the upload itself stays
         job_id = manifest["job_id"]
         assert list(storage().list_keys(UPLOADS, f"{job_id}/chunks/")) == []
         assert list(storage().list_keys(UPLOADS, f"{job_id}/"))
 
-    def test_sparse_keyframes_take_the_accurate_split(
+    def test_sparse_keyframes_and_open_gops_need_no_cut_on_a_keyframe(
         self, fleet, media_dir: Path, tmp_path: Path
     ) -> None:
-        source = make_source(media_dir / "sparse.mp4", 426, 240, duration=7, gop=1000)
-        manifest = upload_and_wait(
-            source,
-            options=("--mode", "chunked"),
-        )[0]
-        assert manifest["state"] == "completed", manifest["error"]
-        chunks = manifest["chunks"]
-        assert chunks["split"] == "accurate" and "no keyframe" in chunks["reason"]
-        assert chunks["starts"] == [0.0, 2.0, 4.0] and sum(chunks["frames"]) == 175
-        [r] = manifest["renditions"]
-        assert r["seam_check"]["passed"] and r["seam_check"]["frames"] == 175
-        video = decoded_video(download_rendition(r["playlist"], tmp_path))
-        assert int(video["nb_read_frames"]) == 175
-
-    def test_an_open_gop_source_is_cut_accurately_where_the_copy_cut_would_miss(
-        self, fleet, media_dir: Path, tmp_path: Path
-    ) -> None:
-        # Open GOPs: keyframes sit on the grid, but B-frames shown before each keyframe follow it
-        # in decode order, so a stream-copy cut would move them into the next chunk: the plan
-        # sees it in the packets' order and cuts accurately.
-        open_gop = (
-            "-keyint_min",
-            "50",
-            "-sc_threshold",
-            "0",
-            "-bf",
-            "3",
-            "-x264-params",
-            "open-gop=1:b-pyramid=0",
-        )
-        source = make_source(media_dir / "open-gop.mp4", 426, 240, duration=6, x264=open_gop)
-        manifest = upload_and_wait(source, options=("--mode", "chunked"))[0]
-        assert manifest["state"] == "completed", manifest["error"]
-        chunks = manifest["chunks"]
-        assert chunks["split"] == "accurate" and "open their GOPs" in chunks["reason"]
-        assert chunks["frames"] == [50, 50, 50]
-        [r] = manifest["renditions"]
-        assert r["seam_check"]["passed"] and r["seam_check"]["frames"] == 150
-        video = decoded_video(download_rendition(r["playlist"], tmp_path))
-        assert int(video["nb_read_frames"]) == 150
+        # One keyframe in the whole source, or open GOPs (B-frames shown before each keyframe
+        # are decoded after it): chunks still start where the plan balances them, because each
+        # chunk task decodes its own range (seeking to a keyframe before it).
+        open_gop = ("-keyint_min", "50", "-sc_threshold", "0", "-bf", "3")
+        open_gop += ("-x264-params", "open-gop=1:b-pyramid=0")
+        sources = {
+            "sparse": make_source(media_dir / "sparse.mp4", 426, 240, duration=7, gop=1000),
+            "open GOP": make_source(
+                media_dir / "open-gop.mp4", 426, 240, duration=6, x264=open_gop
+            ),
+        }
+        manifests = upload_and_wait(*sources.values(), options=("--mode", "chunked"))
+        for (what, frames, counted), manifest in zip(
+            [("sparse", 175, [44, 44, 44, 43]), ("open GOP", 150, [50, 50, 50])],
+            manifests,
+            strict=True,
+        ):
+            assert manifest["state"] == "completed", (what, manifest["error"])
+            chunks = manifest["chunks"]
+            assert chunks["split"] == "range" and chunks["frames"] == counted, what
+            [r] = manifest["renditions"]
+            assert r["seam_check"]["passed"] and r["seam_check"]["frames"] == frames, what
+            video = decoded_video(download_rendition(r["playlist"], tmp_path / what))
+            assert int(video["nb_read_frames"]) == frames, what
 
     def test_sources_nobody_tuned_for_complete_with_every_frame(
         self, fleet, media_dir: Path, tmp_path: Path
@@ -253,7 +242,8 @@ class TestChunkedJobs:
                     assert got >= frames, (what, r["name"])  # (it repeats a frame into gaps)
                     continue
                 assert got == frames, (what, r["name"])
-                assert r["seam_check"]["passed"], (what, r["seam_check"])
+                whole = r["name"] in manifest["chunks"]["whole_rungs"]
+                assert whole or r["seam_check"]["passed"], (what, r["seam_check"])
                 times = video_times(playlist)
                 worst = max(abs(a - b) for a, b in zip(times, expected, strict=True))
                 assert worst < 0.001, (what, r["name"], worst)
@@ -288,7 +278,7 @@ class TestChunkedJobs:
             options=("--mode", "chunked"),
         )[0]
         assert manifest["state"] == "completed", manifest["error"]
-        assert manifest["chunks"]["split"] == "copy" and len(manifest["chunks"]["starts"]) == 2
+        assert manifest["chunks"]["split"] == "range" and len(manifest["chunks"]["starts"]) == 2
         got = [(r["name"], r["width"], r["height"]) for r in manifest["renditions"]]
         assert got == [("360p", 360, 640), ("240p", 240, 426)]
         for r in manifest["renditions"]:
@@ -306,9 +296,9 @@ class TestChunkedJobs:
         assert explicit["mode"] == "per-rung" and explicit["chunks"] is None
         [r] = explicit["renditions"]
         assert r["encoder"]["mode"] == "per-rung" and r["seam_check"] is None
-        # a short source without --mode stays per-rung (chunked pays off on long ones)
+        # without --mode, the mode the measured default picks for its length
         auto = upload_and_wait(source)[0]
-        assert auto["state"] == "completed" and auto["mode"] == "per-rung"
+        assert auto["state"] == "completed" and auto["mode"] == choose_mode(None, 3.0)
 
     def test_a_bad_mode_is_refused(self, media_dir: Path) -> None:
         source = make_video(media_dir / "per-rung.mp4", 426, 240, duration=3)
@@ -317,19 +307,27 @@ class TestChunkedJobs:
 
 
 @pytest.mark.unit
-def test_mode_defaults_to_chunked_for_long_sources() -> None:
-    assert choose_mode(None, 3.0) == "per-rung"
-    # from two chunks' worth of source (2 x 30 s): chunked, where bench_chunked measures it ahead
-    assert choose_mode(None, 59.9) == "per-rung" and choose_mode(None, 60.0) == "chunked"
+def test_mode_defaults_follow_the_measured_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    threshold = Settings().chunked_min_duration_s
+    assert choose_mode(None, threshold) == "chunked"
     assert choose_mode(None, 600.0) == "chunked"
     assert choose_mode("per-rung", 600.0) == "per-rung"
     assert choose_mode("chunked", 3.0) == "chunked"
+    monkeypatch.setenv("ENCODEQ_CHUNKED_MIN_DURATION_S", "60")
+    get_settings.cache_clear()
+    try:
+        assert choose_mode(None, 59.9) == "per-rung" and choose_mode(None, 60.0) == "chunked"
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
 
 
 # --- holding one chunk in a stopped worker --------------------------------------------------------
 def hold_a_chunk(worker, job_id: str, timeout: float = 90) -> int:
-    """SIGSTOP ``worker`` while it is encoding a chunk other than the first (so a sibling has
-    finished); returns the chunk's index. The worker's ffmpeg may finish, its task cannot."""
+    """SIGSTOP ``worker``'s encode node while it is encoding a chunk other than the first (so a
+    sibling has finished); returns the chunk's index. The worker's ffmpeg may finish, its task
+    cannot. Its control node goes on (a stalled encode, not a frozen host: the straggler
+    watchdog and the joins may run there)."""
     store = jobs()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -340,6 +338,8 @@ def hold_a_chunk(worker, job_id: str, timeout: float = 90) -> int:
             if record is None or record.state != "encoding":
                 continue
             os.killpg(worker.pid, signal.SIGSTOP)
+            for pid in worker.control_tree():
+                os.kill(pid, signal.SIGCONT)
             time.sleep(0.5)  # let a request already on the wire land
             record = store.load_chunk(job_id, index)
             if record is not None and record.state == "encoding":
@@ -365,8 +365,9 @@ def test_a_seam_check_failure_fails_the_job(workers, media_dir: Path) -> None:
         store = jobs()
         wait_for(lambda: store.load_chunk(job_id, 0).state == "completed", 30, "chunk 0")
         corrupt = 0
-        # Really break a finished chunk of 240p in storage: cut it to half its TS packets.
-        key = f"{job_id}/chunks/240p/{corrupt:05d}.ts"
+        # Really break a finished chunk of 360p in storage: cut it to half its TS packets (240p,
+        # the lowest rung, is encoded from the whole source).
+        key = f"{job_id}/chunks/360p/{corrupt:05d}.ts"
         s = storage()
         data = s.get_bytes(UPLOADS, key)
         half = len(data) // 2 // 188 * 188
@@ -376,17 +377,17 @@ def test_a_seam_check_failure_fails_the_job(workers, media_dir: Path) -> None:
     manifest = wait_for_job(job_id, timeout=120)
     assert manifest.state == "failed"
     assert manifest.error is not None and manifest.error.code == "seam_check_failed"
-    assert "240p" in manifest.error.message
-    rung = {r.name: r for r in manifest.renditions}["240p"]
+    assert "360p" in manifest.error.message
+    rung = {r.name: r for r in manifest.renditions}["360p"]
     assert rung.state == "failed" and rung.seam_check is not None
     assert not rung.seam_check.passed
     assert rung.seam_check.frames < rung.seam_check.expected_frames
     # nothing of the broken rung was published, and no master playlist
-    assert not list(storage().list_keys(RENDITIONS, f"{job_id}/240p/"))
+    assert not list(storage().list_keys(RENDITIONS, f"{job_id}/360p/"))
     assert manifest.master_playlist is None
     # a failed job keeps its intermediates: a replayed join needs its chunks
     kept = set(storage().list_keys(UPLOADS, f"{job_id}/chunks/"))
-    assert f"{job_id}/chunks/src/00000.mp4" in kept and f"{job_id}/chunks/360p/00000.ts" in kept
+    assert f"{job_id}/chunks/360p/00000.ts" in kept and f"{job_id}/chunks/audio.ts" in kept
 
 
 @pytest.mark.slow
@@ -436,39 +437,61 @@ def test_a_straggler_is_offered_to_a_second_worker(workers, media_dir: Path) -> 
     screen.print(render(monitor))
     assert f"chunk {held} straggled, offered again (now fast@" in screen.export_text()
     final = jobs().load(job_id)
-    assert final.state == "completed"
-    assert all(r.seam_check and r.seam_check.passed for r in final.renditions)
+    assert final.state == "completed" and final.chunks is not None
+    joined = [r for r in final.renditions if r.name not in final.chunks.whole_rungs]
+    assert joined and all(r.seam_check and r.seam_check.passed for r in joined)
 
 
 @pytest.mark.unit
-def test_cut_planning_uses_grid_keyframes_or_refuses_the_copy_split() -> None:
-    settings = Settings(segment_seconds=2, chunk_seconds=4)
+def test_a_start_announced_after_the_chunk_completed_does_not_reopen_it() -> None:
+    """Events arrive in the order their workers sent them: a worker frozen between recording a
+    chunk's start and announcing it (SIGSTOP, a paused VM) sends its start after the other offer
+    completed the chunk. The view keeps the chunk completed by the winner."""
+    job_id = "0" * 32
+    monitor = Monitor(job_id)
+    base = {"job_id": job_id, "chunk": 1, "chunks": 4}
+    for event in (
+        {"event": "chunk.straggler", "worker": "slow@h", **base},
+        {"event": "chunk.started", "worker": "fast@h", "offer": 2, **base},
+        {"event": "chunk.completed", "worker": "fast@h", **base},
+        {"event": "chunk.started", "worker": "slow@h", "offer": 1, **base},
+        {"event": "chunk.discarded", "worker": "slow@h", "winner": "fast@h", **base},
+    ):
+        monitor.apply(event)
+    view = monitor.job(job_id).chunks[1]
+    assert (view.state, view.worker, view.straggler) == ("completed", "fast@h", True)
 
-    def packets(keyframes_every: int, frames: int = 250, offset: float = 0.0) -> Packets:
-        pts = [offset + i / 25 for i in range(frames)]
+
+@pytest.mark.unit
+def test_the_plan_balances_chunks_on_any_frame_whatever_the_keyframes() -> None:
+    settings = Settings(segment_seconds=2)
+
+    def plan(p: Packets, consumers: int, rate: float = 25.0) -> tuple[list[float], list[int]]:
+        chunks = plan_packets(p, rate, settings, consumers).chunks
+        return chunks.starts, chunks.frames
+
+    def packets(keyframes_every: int, frames: int, rate: float, offset: float = 0.0) -> Packets:
+        pts = [offset + i / rate for i in range(frames)]
         keys = [int(i % keyframes_every == 0) for i in range(frames)]
-        return Packets(pts, keys, [0.04] * frames)
+        return Packets(pts, keys, [1 / rate] * frames)
 
-    def cuts(p: Packets, rate: float = 25.0) -> tuple[list[float], list[int], str | None]:
-        plan = plan_packets(p, rate, settings)
-        return plan.chunks.starts, plan.cut_frames, plan.chunks.reason
-
-    # keyframes every 2 s: cut on the grid, at the targets (a short tail joins the last chunk)
-    assert cuts(packets(50)) == ([0.0, 4.0, 8.0], [100, 200], None)
+    # 36 s at 25 fps, keyframes every 1.8 s, 2 consumers: 4 chunks of 9 s, none on a keyframe
+    assert plan(packets(45, 900, 25.0), 2) == ([0.0, 9.0, 18.0, 27.0], [225] * 4)
     # a start offset (MPEG-TS sources start at 1.4 s) changes nothing: times are from frame one
-    assert cuts(packets(50, offset=1.4)) == ([0.0, 4.0, 8.0], [100, 200], None)
-    # keyframes every 6 s: the nearest grid keyframe within half a chunk of each target
-    assert cuts(packets(150)) == ([0.0, 6.0], [150], None)
-    # keyframes every 1.8 s never start the 2 s grid near 4 s: accurate split at the targets
-    starts, frames, reason = cuts(packets(45))
-    assert starts == [0.0, 4.0, 8.0] and frames == [100, 200]
-    assert reason is not None and "no keyframe" in reason and "grid" in reason
-    # 29.97 fps, keyframes every 60 frames (2.002 s): a chunk starts on the first frame at or
-    # after its grid point (frame 120 at 4.004 s), counted in frames, never rounded to one
-    ntsc = [i * 1001 / 30000 for i in range(600)]
-    p = Packets(ntsc, [int(i % 60 == 0) for i in range(600)], [1001 / 30000] * 600)
-    assert cuts(p, 30000 / 1001) == (
-        [0.0, 4.004, 8.008, 12.012, 16.016],
-        [120, 240, 360, 480],
-        None,
+    assert plan(packets(45, 900, 25.0, offset=1.4), 2)[0] == [0.0, 9.0, 18.0, 27.0]
+    # 3 consumers: 6 chunks of 6 s
+    assert plan(packets(45, 900, 25.0), 3)[1] == [150] * 6
+    # 29.97 fps, keyframes every 2.002 s, 20 s: 4 chunks on the first frame at or after each
+    # quarter, counted in frames, never rounded to one
+    ntsc = Packets(
+        [i * 1001 / 30000 for i in range(600)],
+        [int(i % 60 == 0) for i in range(600)],
+        [1001 / 30000] * 600,
     )
+    starts, frames = plan(ntsc, 2, 30000 / 1001)
+    assert frames == [150, 150, 150, 150] and starts == [0.0, 5.005, 10.01, 15.015]
+    # each chunk seeks a second before the keyframe at or before its start
+    chunks = plan_packets(ntsc, 30000 / 1001, settings, 2).chunks
+    assert chunks.seeks == [0.0, 3.004, 9.01, 13.014]
+    # midway bounds: no frame is near a bound
+    assert chunks.bounds == pytest.approx([t - 1001 / 60000 for t in starts[1:]], abs=1e-6)

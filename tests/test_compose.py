@@ -847,9 +847,9 @@ ACCESS = [
     (minio_setup.WORKER, "put", UPLOADS, "j1/source.mp4", False),
     (minio_setup.WORKER, "put", UPLOADS, "j2/source.mkv", False),
     (minio_setup.WORKER, "delete", UPLOADS, SEED[UPLOADS], False),
-    (minio_setup.WORKER, "put", UPLOADS, "j1/chunks/src/00000.mp4", True),
-    (minio_setup.WORKER, "get", UPLOADS, "j1/chunks/src/00000.mp4", True),
-    (minio_setup.WORKER, "delete", UPLOADS, "j1/chunks/src/00000.mp4", True),
+    (minio_setup.WORKER, "put", UPLOADS, "j1/chunks/360p/00000.ts", True),
+    (minio_setup.WORKER, "get", UPLOADS, "j1/chunks/360p/00000.ts", True),
+    (minio_setup.WORKER, "delete", UPLOADS, "j1/chunks/360p/00000.ts", True),
     (minio_setup.WORKER, "list", UPLOADS, "", True),  # moto mis-signs a prefix with a slash
     (minio_setup.WORKER, "put", RENDITIONS, "j1/720p/seg_00000.ts", True),
     (minio_setup.WORKER, "get", RENDITIONS, SEED[RENDITIONS], True),

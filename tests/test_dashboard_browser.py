@@ -1,7 +1,8 @@
 """The dashboard end to end in headless Chromium (Debian's package, driven by Playwright).
 
 A person's path through the page: upload through the file field, watch the bars move and the job
-complete, play the result (HLS through presigned URLs); upload a broken file, find it in the DLQ
+complete, play the result (hls.js, HLS through presigned URLs), and play a job that still encodes;
+upload a broken file, find it in the DLQ
 panel, fix its source in S3, press replay, see the job complete. Every wait is on a condition in
 the page (Playwright's selectors and functions), never on a clock.
 
@@ -15,16 +16,18 @@ ENCODEQ_README_SCREENSHOT=1 refreshes the README's docs/dashboard.png from the m
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from support.fleet import WorkerFleet
+from support.fleet import WorkerFleet, held_ffmpeg, processes_with
 from support.http import start_server
 from support.media import make_video
 from support.storage import open_cors, storage
+from support.waiting import wait_for
 
 from core.layout import RENDITIONS, UPLOADS
 from core.manifest import JobStore
@@ -116,7 +119,7 @@ def page(browser: Any, server: Any) -> Iterator[Any]:
 
 def upload_through_page(page: Any, files: Any) -> str:
     """Choose a file in the plain ``input[type=file]``; returns the job id the API answered."""
-    with page.expect_response(lambda r: r.url.endswith("/api/uploads")) as answer:
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/api/uploads") as answer:
         page.set_input_files("input[type=file]", files)
     response = answer.value
     assert response.status == 202, response.text()
@@ -127,6 +130,8 @@ def test_upload_watch_progress_and_play(page: Any, media_dir: Path) -> None:
     source = make_video(media_dir / "browser 720p.mp4", 1280, 720, duration=10)
     segment_requests: list[str] = []
     page.on("request", lambda r: segment_requests.append(r.url) if ".ts?" in r.url else None)
+    masters: list[str] = []
+    page.on("request", lambda r: masters.append(r.url) if "master.m3u8" in r.url else None)
 
     job_id = upload_through_page(page, str(source))
     row = f'tr[data-job-id="{job_id}"]'
@@ -140,6 +145,12 @@ def test_upload_watch_progress_and_play(page: Any, media_dir: Path) -> None:
     assert page.locator(f"{row} .who").first.inner_text().strip()  # the worker holding it
 
     page.wait_for_selector(f'{row}[data-state="completed"]', timeout=JOB_S)
+    # 10 s is chunked by default: what plays below was encoded in chunks, joined and seam-checked
+    manifest = JobStore(storage()).load(job_id)  # with its rendition records
+    assert manifest is not None and manifest.mode == "chunked" and manifest.chunks is not None
+    assert manifest.chunks.count > 1
+    joined = [r for r in manifest.renditions if r.name not in manifest.chunks.whole_rungs]
+    assert joined and all(r.seam_check and r.seam_check.passed for r in joined)
     values = [s["value"] for s in page.evaluate("window.progressSeen") if s["job"] == job_id]
     assert any(0 < v < 100 for v in values), values  # it moved, and was seen moving
     bars = page.locator(f"{row} [data-progress]")
@@ -153,11 +164,68 @@ def test_upload_watch_progress_and_play(page: Any, media_dir: Path) -> None:
         " return v.readyState >= 2 && v.currentTime > 0.5; }",
         timeout=60_000,
     )
-    src = urlsplit(page.eval_on_selector("#video", "v => v.currentSrc"))
+    assert page.eval_on_selector("#video", "v => v.dataset.player") == "hls.js"
+    src = urlsplit(masters[-1])  # hls.js fetched the master through the API, with a ticket
     assert src.path == f"/api/jobs/{job_id}/hls/master.m3u8" and "ticket=" in src.query
     s3 = urlsplit(os.environ["ENCODEQ_S3_ENDPOINT"]).netloc
     signed = [u for u in segment_requests if urlsplit(u).netloc == s3 and "X-Amz-Signature" in u]
     assert signed, segment_requests  # segments came from S3, through presigned URLs
+
+    # The poster, presigned like the segments, is a JPEG.
+    poster = page.eval_on_selector("#video", "v => v.poster")
+    assert urlsplit(poster).netloc == s3 and "X-Amz-Signature" in poster
+    with urllib.request.urlopen(poster, timeout=10) as response:
+        assert response.read(3) == b"\xff\xd8\xff"
+    # The quality menu lists every rung; choosing the lowest plays it.
+    options = page.eval_on_selector_all("#quality option", "os => os.map(o => o.textContent)")
+    assert options[0] == "auto" and sorted(o.split("p")[0] for o in options[1:]) == sorted(
+        ["720", "480", "360", "240"]
+    ), options
+    assert page.eval_on_selector("#quality", "s => !s.disabled")
+    [lowest] = [i - 1 for i, o in enumerate(options) if o.startswith("240p")]
+    page.select_option("#quality", str(lowest))
+    page.wait_for_function(
+        "(level) => { const v = document.getElementById('video');"
+        " return v.dataset.level === String(level) && v.videoHeight === 240; }",
+        arg=lowest,
+        timeout=30_000,
+    )
+    assert "playing 240p" in page.inner_text("#playing-level")
+
+
+def test_plays_the_lowest_rung_while_the_job_still_encodes(page: Any, media_dir: Path) -> None:
+    """The top rung's join is held (its ffmpeg stopped), so the job cannot complete; the lowest
+    rung, joined first, already plays in the page's player (hls.js) from the start."""
+    source = make_video(media_dir / "browser-live.mp4", 1280, 720, duration=10)
+    job_id = upload_through_page(page, str(source))
+    row = f'tr[data-job-id="{job_id}"]'
+    with held_ffmpeg("/720p/seg_", also=job_id):  # the 720p join writes its segments there
+        page.wait_for_selector(f'{row} [data-action="play"]', timeout=JOB_S)
+        assert page.get_attribute(row, "data-state") == "encoding"
+        page.click(f'{row} [data-action="play"]')
+        page.wait_for_function(
+            "() => { const v = document.getElementById('video');"
+            " return v.readyState >= 2 && v.currentTime > 0.5; }",
+            timeout=60_000,
+        )
+        manifest = JobStore(storage()).load(job_id)
+        assert manifest is not None and manifest.state == "encoding"  # still held: not done
+        assert page.eval_on_selector("#video", "v => v.videoHeight") == 240  # the lowest rung
+    page.wait_for_selector(f'{row}[data-state="completed"]', timeout=JOB_S)
+
+
+def test_cancel_from_the_page(page: Any, media_dir: Path) -> None:
+    """The row's cancel button: the job becomes cancelled and no ffmpeg of it is left."""
+    source = make_video(media_dir / "browser-cancel.mp4", 640, 360, duration=10)
+    job_id = upload_through_page(page, str(source))
+    row = f'tr[data-job-id="{job_id}"]'
+    with held_ffmpeg(job_id):  # it cannot finish before the click
+        page.click(f'{row} [data-action="cancel"]')
+        page.wait_for_selector(f'{row}[data-state="cancelled"]', timeout=30_000)
+        wait_for(lambda: not processes_with(job_id, "ffmpeg"), 2, "no ffmpeg of the job")
+    manifest = JobStore(storage()).load(job_id)
+    assert manifest is not None and manifest.state == "cancelled"
+    assert page.locator(f'{row} [data-action="cancel"]').count() == 0
 
 
 @pytest.mark.slow

@@ -284,6 +284,7 @@ def _ids(messages: list) -> Counter[str]:
     return Counter(m.headers["id"] for m in messages)
 
 
+@pytest.mark.slow
 def test_replay_killed_midway_loses_nothing() -> None:
     task, origin = fresh("kill")
     ids = _fill(task, origin, 3000)

@@ -14,7 +14,7 @@ def test_every_subscriber_sees_the_whole_lifecycle(workers, media_dir) -> None:
     workers.start("events")
     source = make_video(media_dir / "events.mp4", 640, 360, duration=8)
     with Events() as first, Events() as second:
-        result = encodeq("upload", str(source), "--wait", timeout=180)
+        result = encodeq("upload", str(source), "--mode", "per-rung", "--wait", timeout=180)
         assert result.returncode == 0, result.stderr
         job_id = result.stdout.split()[0]
         streams = []

@@ -197,6 +197,7 @@ def test_storage_outage_is_retried_through_delayed_delivery_then_completes(
     assert dlq_for(job_id=job_id) == []
 
 
+@pytest.mark.slow
 def test_storage_outage_past_the_retry_budget_dead_letters(workers, s3_proxy, media_dir) -> None:
     workers.start(
         "flaky", env={"ENCODEQ_S3_ENDPOINT": s3_proxy.endpoint, "ENCODEQ_MAX_RETRIES": "2"}
@@ -217,7 +218,7 @@ def test_sigkilled_worker_task_is_redelivered_and_completed_elsewhere(workers, m
     by_name = {"alpha": alpha, "beta": beta}
     source = make_video(media_dir / "long-one-rung.mp4", 426, 240, duration=30)
     with Events() as events:
-        job_id = upload_job(source)
+        job_id = upload_job(source, "--mode", "per-rung")  # the encode node runs the one rung
         started = events.wait(
             lambda e: e["event"] == "rendition.started" and e["job_id"] == job_id, 60, "started"
         )
@@ -238,7 +239,7 @@ def test_sigkilled_pool_process_is_redelivered_and_recorded(workers, media_dir) 
     worker = workers.start("solo")
     source = make_video(media_dir / "long-one-rung.mp4", 426, 240, duration=30)
     with Events() as events:
-        job_id = upload_job(source)
+        job_id = upload_job(source, "--mode", "per-rung")  # the encode node runs the one rung
         started = events.wait(
             lambda e: e["event"] == "rendition.started" and e["job_id"] == job_id, 60, "started"
         )
@@ -258,7 +259,7 @@ def test_crash_loop_ends_in_the_dlq_at_the_delivery_limit(workers, media_dir) ->
     source = make_video(media_dir / "poison.mp4", 426, 240, duration=30)
     kills = 0
     with Events() as events:
-        job_id = upload_job(source)
+        job_id = upload_job(source, "--mode", "per-rung")  # the encode node runs the one rung
         # Every delivery of the encode dies with its process (the delivery limit is 2 in tests:
         # the third return dead-letters it).
         for _ in range(3):
@@ -270,7 +271,8 @@ def test_crash_loop_ends_in_the_dlq_at_the_delivery_limit(workers, media_dir) ->
             kills += 1
     message = dead_letter_of(job_id, timeout=60)
     assert death_reason(message) == "delivery_limit"
-    assert message.headers["x-death"][0]["queue"] == "encodeq.encode"
+    # a 30 s job is short: its encodes wait in the express lane
+    assert message.headers["x-death"][0]["queue"] == "encodeq.encode.express"
     record = failure_record(message.headers["id"])
     assert record.code == "delivery_limit" and record.deliveries == kills
     manifest = wait_for_job(job_id, timeout=30)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,28 +23,52 @@ from support.commands import dlq_json, encodeq, upload_job
 from support.dlq import death_reason, dlq_for, dlq_messages
 from support.events import Events
 from support.media import decoded_frames, make_video
-from support.storage import download_rendition, jobs, settings, storage, wait_for_job
+from support.storage import (
+    assert_plays_every_frame,
+    jobs,
+    settings,
+    storage,
+    wait_for_job,
+)
 from support.tcp_proxy import TcpProxy
 from support.waiting import wait_for
 
 from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
 from core.failures import load_failure
 from core.job_model import ErrorInfo, Manifest, SourceInfo
-from core.layout import UPLOADS, source_key
+from core.layout import RENDITIONS, UPLOADS, source_key
+from core.storage import parse_uri
 
 #: Chunked mode with 2 s chunks and segments, so a short source has several chunks.
 CHUNKED_ENV = {"ENCODEQ_CHUNK_SECONDS": "2", "ENCODEQ_STRAGGLER_MIN_S": "600"}
 
 
-def assert_plays_every_frame(manifest: Manifest, expected: int, into: Path) -> None:
-    assert manifest.state == "completed", manifest.error
-    assert manifest.master_playlist
-    for r in manifest.renditions:
-        assert r.state == "completed" and r.playlist, r
-        assert decoded_frames(download_rendition(r.playlist, into / r.name)) == expected, r.name
+@contextlib.contextmanager
+def slow_motion(pids: list[int], share: float = 0.1) -> Iterator[None]:
+    """Run stopped processes at ``share`` of their speed for the block (SIGCONT, SIGSTOP in
+    turns), stopped again after it: they progress, but cannot finish before the test acts."""
+    done = threading.Event()
+
+    def crawl() -> None:
+        while not done.is_set():
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+            time.sleep(0.5 * share)
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            done.wait(0.5 * (1 - share))
+
+    thread = threading.Thread(target=crawl, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 # --- 1: a replayed dead letter completes its job, in chunked mode too -----------------------------
+@pytest.mark.slow
 def test_replaying_a_chunked_jobs_dead_letters_completes_it(workers, media_dir, tmp_path) -> None:
     """The chunk encodes die (an output cap too small for them), the job fails; the cause is
     fixed (workers with the normal cap) and ``encodeq dlq replay --job`` completes the job."""
@@ -124,20 +151,19 @@ def test_a_late_duplicate_encode_cannot_break_a_completed_job(workers, media_dir
             workers.start("rescuer")
             manifest = wait_for_job(job_id, timeout=180)
             assert manifest.state == "completed", manifest.error
-            # Now the held copy wakes up, writes its progress again (a record write comes with the
-            # first progress report after a pause; the second report shows it was made)...
-            for pid in held:
-                os.kill(pid, signal.SIGCONT)
-            for _ in range(2):
-                events.wait(
-                    lambda e: (
-                        e["event"] == "rendition.progress"
-                        and e["job_id"] == job_id
-                        and e["worker"].startswith("held@")
-                    ),
-                    60,
-                    "the held copy's progress",
-                )
+            # Now the held copy wakes up (in slow motion: it must not finish), writes its progress
+            # again (a record write comes with the first progress report after a pause; the
+            # second report shows it was made) and publishes its live playlist...
+            seen = {"rendition.progress": 0, "rendition.playable": 0}
+
+            def held_progress_and_live(e: dict) -> bool:
+                held_copy = e["job_id"] == job_id and e.get("worker", "").startswith("held@")
+                if held_copy and e["event"] in seen:
+                    seen[e["event"]] += 1
+                return seen["rendition.progress"] >= 2 and seen["rendition.playable"] >= 1
+
+            with slow_motion(held):
+                events.wait(held_progress_and_live, 120, "the held copy's progress and playlist")
             # ...and dies (an OOM kill, say): its task fails.
             for pid in held:
                 os.kill(pid, signal.SIGKILL)
@@ -152,6 +178,10 @@ def test_a_late_duplicate_encode_cannot_break_a_completed_job(workers, media_dir
     after = jobs().load(job_id)
     assert after.state == "completed" and after.error is None, after
     assert all(r.state == "completed" for r in after.renditions)
+    # The held copy published its live playlist while it ran; the finished one is untouched.
+    for r in after.renditions:
+        text = storage().get_bytes(RENDITIONS, parse_uri(r.playlist)[1]).decode()
+        assert text.rstrip().endswith("#EXT-X-ENDLIST"), (r.name, text[-200:])
     assert_plays_every_frame(after, decoded_frames(source), tmp_path)
 
 
@@ -216,6 +246,7 @@ def count(events: list[dict], kind: str, job_id: str) -> int:
 
 
 # --- 4b: a task that dies while S3 is down still leaves its record, and its job fails ------------
+@pytest.mark.slow
 def test_a_failure_during_an_s3_outage_is_recorded_once_s3_answers(workers, media_dir) -> None:
     endpoint = urlsplit(settings().s3_endpoint)
     proxy = TcpProxy(endpoint.hostname, endpoint.port).start()

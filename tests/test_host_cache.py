@@ -64,7 +64,7 @@ def test_a_host_reads_back_what_it_uploaded_and_refetches_a_replaced_object(
 def test_remove_prefix_deletes_only_under_the_prefix() -> None:
     s = storage()
     job_id = uuid.uuid4().hex
-    for key in ("chunks/src/00000.mp4", "chunks/240p/00000.ts", "source.mp4"):
+    for key in ("chunks/audio.ts", "chunks/240p/00000.ts", "source.mp4"):
         s.put_bytes(UPLOADS, f"{job_id}/{key}", b"x", "application/octet-stream")
     assert s.remove_prefix(UPLOADS, f"{job_id}/chunks/") == 2
     assert list(s.list_keys(UPLOADS, f"{job_id}/")) == [f"{job_id}/source.mp4"]

@@ -18,11 +18,10 @@ import pytest
 from support.commands import encodeq, upload_and_wait
 from support.dlq import dlq_for
 from support.fleet import WorkerFleet
-from support.media import ffmpeg, make_clip, make_video
+from support.media import ffmpeg, make_video
 from support.storage import storage
 
 from core.failures import load_failure
-from core.layout import UPLOADS
 
 
 def _good(folder: Path) -> Path:
@@ -196,7 +195,7 @@ def test_output_size_limit_stops_a_runaway_encode(workers, media_dir: Path) -> N
     assert manifest["error"]["code"] == "output_too_large"
 
 
-# --- issue 10, items 6 and 8: the split's output cap, and durations that lie --------------------
+# --- issue 10, item 8: durations that lie -------------------------------------------------------
 def _lying_mkv(path: Path, seconds: int, claims: float = 1.0) -> Path:
     """A Matroska file of ``seconds`` of video and audio whose header says it lasts ``claims``
     seconds: the segment's duration and each track's DURATION tag rewritten, nothing else."""
@@ -250,8 +249,8 @@ def test_a_header_that_lies_about_the_duration_cannot_carry_a_source_past_the_li
     )
     lying = _lying_mkv(tmp_path / "lying.mkv", seconds=12)
     many = _lying_mkv(tmp_path / "many.mkv", seconds=60)  # more packets than 5 s at 240 fps
-    # Per rung (its header's 1 s chooses it): ffmpeg reads no more than a little past that.
-    [per_rung] = upload_and_wait(lying)
+    # Per rung: ffmpeg reads no more than a little past the header's 1 s.
+    [per_rung] = upload_and_wait(lying, options=("--mode", "per-rung"))
     assert per_rung["state"] == "completed", per_rung["error"]
     bound = read_limit_s(1.0, Settings(max_duration_s=limit))
     for rendition in per_rung["renditions"]:
@@ -263,22 +262,3 @@ def test_a_header_that_lies_about_the_duration_cannot_carry_a_source_past_the_li
         assert manifest["state"] == "failed" and manifest["error"]["code"] == "too_long"
     assert "its frames last 12s" in refused[0]["error"]["message"]
     assert f"more than {limit * 240} frames" in refused[1]["error"]["message"]
-
-
-def test_the_accurate_split_obeys_the_output_cap(workers, media_dir: Path) -> None:
-    """The lossless split stops at the output cap (nothing past it is handed over) and the job
-    goes per rung instead of failing: its encodes obey the cap too."""
-    cap = 300_000
-    workers.start(
-        "split-capped", env={"ENCODEQ_MAX_OUTPUT_BYTES": str(cap), "ENCODEQ_CHUNK_SECONDS": "2"}
-    )
-    # scene cuts put keyframes off the grid: the lossless split, many times the source's size
-    source = make_clip(media_dir / "cap-split.mp4", "29.97", 12, "scene-cut", size="160x90")
-    assert source.stat().st_size < cap
-    [manifest] = upload_and_wait(source, options=("--mode", "chunked"))
-    assert manifest["state"] == "completed", manifest["error"]
-    assert manifest["mode"] == "per-rung" and manifest["chunks"] is None
-    assert "output cap" in manifest["mode_reason"], manifest["mode_reason"]
-    assert not dlq_for(job_id=manifest["job_id"])
-    # the chunks the split handed over before it stopped went with the job's intermediates
-    assert not list(storage().list_keys(UPLOADS, f"{manifest['job_id']}/chunks/"))

@@ -135,7 +135,14 @@ def test_page_static_files_and_config(server: Any) -> None:
     assert status == 200
     assert config == {
         "max_upload_bytes": LIMIT,
-        "queues": ["encodeq.control", "encodeq.encode", "encodeq.dlq"],
+        "max_queued_tasks": 1000,
+        "queues": [
+            "encodeq.control",
+            "encodeq.encode.high",
+            "encodeq.encode.express",
+            "encodeq.encode",
+            "encodeq.dlq",
+        ],
     }
 
 
@@ -149,6 +156,20 @@ def test_unknown_jobs_and_routes_are_json_errors(server: Any) -> None:
     assert_error(*get("/api/nothing"), 404, "not_found")
     assert_error(*get("/api/jobs", "DELETE"), 405, "method_not_allowed")
     assert_error(*get("/api/jobs?limit=x"), 400, "invalid_request")
+    assert_error(*get(f"/api/jobs/{'0' * 32}/cancel", "POST"), 404, "unknown_job")
+
+
+def test_cancel_through_the_api_then_again(server: Any, media_dir: Path) -> None:
+    """A job cancelled right after its upload (a probe alone takes longer than the request) is
+    cancelled; cancelling it again is a 409 that says why."""
+    source = make_video(media_dir / "api cancel.mp4", 640, 360, duration=4)
+    status, doc = upload(server, "api cancel.mp4", source.read_bytes())
+    assert status == 202, doc
+    cancel = f"{server.base}/api/jobs/{doc['job_id']}/cancel"
+    status, cancelled = http_json("POST", cancel, headers=AUTH)
+    assert status == 200 and cancelled["state"] == "cancelled", cancelled
+    assert_error(*http_json("POST", cancel, headers=AUTH), 409, "already_finished")
+    assert job(server, doc["job_id"])["state"] == "cancelled"
 
 
 # --- uploads: refusals ----------------------------------------------------------------------------
@@ -180,6 +201,17 @@ def test_upload_bad_requests_get_clear_errors(server: Any) -> None:
         "missing_file",
     )
     assert_error(*upload(server, "empty.mp4", b""), 400, "empty_file")
+    body, content_type = multipart("clip.mp4", b"not looked at")
+    assert_error(
+        *http_json(
+            "POST",
+            f"{url}?priority=urgent",
+            body=body,
+            headers={**AUTH, "Content-Type": content_type},
+        ),
+        400,
+        "bad_priority",
+    )
     boundary = "two-files"
     two = (
         b"".join(
@@ -330,7 +362,13 @@ def test_queue_depths_now_and_over_time(server: Any) -> None:
 
     doc = wait_for(sample, 10, "a queue sample")
     current = {q["name"]: q for q in doc["current"]}
-    assert set(current) == {"encodeq.control", "encodeq.encode", "encodeq.dlq"}
+    assert set(current) == {
+        "encodeq.control",
+        "encodeq.encode.high",
+        "encodeq.encode.express",
+        "encodeq.encode",
+        "encodeq.dlq",
+    }
     assert current["encodeq.encode"]["consumers"] >= 2  # alpha and beta
     assert all(isinstance(q["messages"], int) for q in current.values())
     assert all("time" in sample and "encodeq.dlq" in sample for sample in doc["history"])

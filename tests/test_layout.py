@@ -22,7 +22,6 @@ JOB_KEYS: dict[str, Callable[[str], str]] = {
     "source, unknown extension": lambda job: layout.source_key(job, "clip.exe"),
     "source, hostile name": lambda job: layout.source_key(job, "../../other-job/source.mp4"),
     "chunks": layout.chunks_prefix,
-    "chunk source": lambda job: layout.chunk_source_key(job, 7),
     "chunk output": lambda job: layout.chunk_output_key(job, "720p", 7),
     "audio": layout.audio_key,
     "manifest": layout.manifest_key,

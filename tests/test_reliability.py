@@ -26,7 +26,10 @@ from support.storage import jobs, storage, wait_for_job
 from support.tcp_proxy import TcpProxy
 from support.waiting import wait_for
 
-from config.topology import CONTROL_QUEUE_NAME, DEAD_LETTER_QUEUE_NAME, ENCODE_QUEUE_NAME
+from config.topology import (
+    DEAD_LETTER_QUEUE_NAME,
+    WORK_QUEUE_KEYS,
+)
 
 
 @pytest.fixture
@@ -103,7 +106,7 @@ def test_poison_input_does_not_block_other_jobs(workers, media_dir) -> None:
     stop = threading.Event()
     kills: list[str] = []
     with Events() as events:
-        poison_id = upload_job(poison)
+        poison_id = upload_job(poison, "--mode", "per-rung")  # its one encode dies each time
 
         def killer() -> None:
             # Every time the poison job's encode starts, its process dies (like an OOM kill).
@@ -138,13 +141,15 @@ def test_poison_input_does_not_block_other_jobs(workers, media_dir) -> None:
     assert failed.state == "failed" and failed.error.code == "delivery_limit"
 
 
+@pytest.mark.slow
 def test_warm_shutdown_finishes_the_task_in_hand(workers, media_dir) -> None:
     leaving = workers.start("leaving")
     staying = workers.start("staying")
     first = make_video(media_dir / "warm1.mp4", 426, 240, duration=20)
     second = make_video(media_dir / "warm2.mp4", 426, 240, duration=4)
     with Events() as events:
-        first_id = upload_job(first)
+        # One rung, one task: per-rung mode makes "the task in hand" the whole rendition.
+        first_id = upload_job(first, "--mode", "per-rung")
         started = events.wait(
             lambda e: e["event"] == "rendition.started" and e["job_id"] == first_id,
             60,
@@ -164,6 +169,7 @@ def test_warm_shutdown_finishes_the_task_in_hand(workers, media_dir) -> None:
         assert_renditions_exactly_once(job_id)
 
 
+@pytest.mark.slow
 def test_storage_outage_past_the_budget_then_replay_completes(workers, media_dir) -> None:
     endpoint = urlsplit(os.environ["ENCODEQ_S3_ENDPOINT"])
     proxy = TcpProxy(endpoint.hostname, endpoint.port).start()
@@ -294,7 +300,7 @@ def test_soak_fifty_jobs_under_faults(soak_vhost, media_dir, tmp_path) -> None:
             duplicated += max(0, len(keys) - (r.segments + 1))
     url = env["ENCODEQ_BROKER_URL"]
     dead = queue_state(DEAD_LETTER_QUEUE_NAME, url)[0]
-    left = sum(queue_state(q, url)[0] for q in (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME))
+    left = sum(queue_state(q, url)[0] for q in WORK_QUEUE_KEYS)
     print(
         f"\nsoak: {len(job_ids)} jobs, faults {faults} ({sum(faults.values())} in all), "
         f"lost {len(lost)}, duplicated {duplicated}, dead-lettered {dead}, "

@@ -19,6 +19,8 @@ from support.fleet import WorkerFleet
 from support.media import make_video
 from support.waiting import wait_for
 
+from core.queue_depths import WATCHED_QUEUES
+
 
 @pytest.fixture(scope="module")
 def fleet():
@@ -73,7 +75,7 @@ def test_watch_starts_from_the_manifest_then_follows_workers_live(
     [job] = [j for j in snapshot["jobs"] if j["job_id"] == job_id]
     assert job["state"] == "queued" and job["events"] == 0  # known from its manifest alone
     depths = {q["name"]: q["messages"] for q in snapshot["queues"]}
-    assert set(depths) == {"encodeq.control", "encodeq.encode", "encodeq.dlq"}
+    assert set(depths) == set(WATCHED_QUEUES)
     assert depths["encodeq.control"] >= 1
 
     watch = start_watch(job_id, "--until-done", "--json", "--timeout", "150")
@@ -106,7 +108,7 @@ def test_watch_shows_renditions_workers_and_queues_as_a_table(
     assert watch.returncode == 0, err[-3000:] + out[-3000:]
     assert job_id in out and "completed" in out
     assert "240p" in out and "100.0%" in out
-    for queue in ("encodeq.control", "encodeq.encode", "encodeq.dlq"):
+    for queue in WATCHED_QUEUES:
         assert queue in out
     assert "workers seen" in out
     assert any(f"{name}@" in out for name in ("alpha", "beta"))

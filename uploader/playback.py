@@ -1,4 +1,4 @@
-"""Playing a finished job in a browser while every bucket stays private.
+"""Playing a job in a browser, finished or still encoding, while every bucket stays private.
 
 The stored playlists use relative URIs (``360p/index.m3u8``, ``seg_00000.ts``), which only work
 where the playlists themselves are served from. So the API serves them, rewritten:
@@ -29,7 +29,7 @@ from datetime import timedelta
 from urllib.parse import quote, urlencode, urlsplit
 
 from core.job_model import Manifest, is_job_id
-from core.layout import RENDITIONS, job_prefix
+from core.layout import RENDITIONS, job_prefix, live_master_key
 from core.manifest import JobStore
 from core.storage import Storage, parse_uri
 
@@ -104,18 +104,35 @@ class Playback:
         path = f"{self.api_prefix}/{job_id}/hls/{quote(rendition)}/index.m3u8"
         return self._url(job_id, path, duration_s)
 
+    def poster_url(self, manifest: Manifest) -> str | None:
+        """The finished job's poster, a presigned URL (None before finalize made one)."""
+        if manifest.poster is None:
+            return None
+        bucket, key = parse_uri(manifest.poster)
+        if bucket != self.storage.bucket(RENDITIONS) or not key.startswith(
+            job_prefix(manifest.job_id)
+        ):
+            return None
+        expires = segment_expiry(manifest.source.duration)
+        return self.storage.presigned_url(RENDITIONS, key, expires)
+
     def master_url(self, job_id: str, duration_s: float | None = None) -> str:
         return self._url(job_id, f"{self.api_prefix}/{job_id}/hls/master.m3u8", duration_s)
 
-    def _completed(self, job_id: str) -> Manifest:
+    def _playable(self, job_id: str) -> tuple[Manifest, str]:
+        """The job and its master playlist's URI: the finished one, or, while the job encodes,
+        the live master of the rungs playable so far (worker/finalize.py
+        ``publish_live_master``)."""
         manifest = self.jobs.load(job_id) if is_job_id(job_id) else None
         if manifest is None:
             raise PlaybackError(404, "unknown_job", f"no job {job_id}")
-        if manifest.state != "completed" or not manifest.master_playlist:
-            raise PlaybackError(
-                409, "not_playable", f"job {job_id} is {manifest.state}, not completed"
-            )
-        return manifest
+        if manifest.state == "completed" and manifest.master_playlist:
+            return manifest, manifest.master_playlist
+        if manifest.state == "encoding" and any(r.live_playlist for r in manifest.renditions):
+            return manifest, self.storage.uri(RENDITIONS, live_master_key(job_id))
+        raise PlaybackError(
+            409, "not_playable", f"job {job_id} is {manifest.state} and nothing of it plays yet"
+        )
 
     def _text(self, uri: str) -> tuple[str, str]:
         """(key, text) of a playlist in the renditions bucket."""
@@ -129,11 +146,14 @@ class Playback:
 
     def master(self, job_id: str) -> str:
         """The master playlist with each variant pointing at our media playlist endpoint."""
-        manifest = self._completed(job_id)
-        assert manifest.master_playlist is not None
-        key, text = self._text(manifest.master_playlist)
+        manifest, master = self._playable(job_id)
+        key, text = self._text(master)
+        # the live master names a rung's live playlist, which may have finished meanwhile
         by_key = {
-            parse_uri(r.playlist)[1]: r.name for r in manifest.renditions if r.playlist is not None
+            parse_uri(uri)[1]: r.name
+            for r in manifest.renditions
+            for uri in (r.playlist, r.live_playlist)
+            if uri is not None
         }
 
         def variant(uri: str) -> str:
@@ -146,13 +166,16 @@ class Playback:
 
     def media(self, job_id: str, rendition: str) -> str:
         """One rendition's playlist with each segment a presigned URL."""
-        manifest = self._completed(job_id)
-        found = [r for r in manifest.renditions if r.name == rendition and r.playlist]
+        manifest, _ = self._playable(job_id)
+        found = [
+            uri
+            for r in manifest.renditions
+            if r.name == rendition and (uri := r.playlist or r.live_playlist)
+        ]
         if not found:
             raise PlaybackError(404, "unknown_rendition", f"job {job_id} has no {rendition!r}")
-        assert found[0].playlist is not None
-        key, text = self._text(found[0].playlist)
-        expires = segment_expiry(found[0].duration or manifest.source.duration)
+        key, text = self._text(found[0])
+        expires = segment_expiry(manifest.source.duration)
         prefix = posixpath.dirname(key) + "/"
 
         def presign(uri: str) -> str:

@@ -18,17 +18,23 @@ from kombu.utils.functional import retry_over_time
 
 from config.retry_policy import BROKER_RETRY_INTERVALS, broker_retry
 from config.settings import get_settings
-from config.topology import PROBE_TASK, declare_topology
+from config.topology import PROBE_TASK, WORK_QUEUE_KEYS, declare_topology
 from core.celery_app import publisher
 from core.events import emit
-from core.job_model import EncodeMode, ErrorInfo, Manifest, SourceInfo
+from core.job_model import EncodeMode, ErrorInfo, Manifest, Priority, SourceInfo
 from core.layout import UPLOADS, source_key
 from core.manifest import JobStore
+from core.queue_depths import queue_depths
 from core.storage import Storage
 
 
 class SubmitError(Exception):
     """The file cannot be submitted (missing, not a regular file, over the size limit)."""
+
+
+class Busy(SubmitError):
+    """Back-pressure: the work queues hold ``max_queued_tasks`` or more tasks waiting; nothing was
+    stored, try again later."""
 
 
 class BrokerUnavailable(SubmitError):
@@ -64,6 +70,30 @@ def _publish_probe_once(app: Celery, job_id: str, task_id: str) -> None:
         app.send_task(PROBE_TASK, args=[job_id], task_id=task_id, connection=connection)
 
 
+def waiting_tasks() -> int | None:
+    """Tasks waiting in the work queues (ready, not yet with a worker); None when the broker does
+    not answer (the probe's publish then fails loudly on its own)."""
+    with publisher().connection_for_read() as connection:
+        errors = (OperationalError, *connection.connection_errors, *connection.channel_errors)
+        try:
+            connection.ensure_connection(max_retries=1)
+            return sum(d.messages or 0 for d in queue_depths(connection, tuple(WORK_QUEUE_KEYS)))
+        except errors:
+            return None
+
+
+def check_admission() -> None:
+    """Busy when the queues are at their bound: an upload is refused before anything is stored,
+    rather than queued behind a backlog without limit."""
+    bound = get_settings().max_queued_tasks
+    waiting = waiting_tasks()
+    if bound and waiting is not None and waiting >= bound:
+        raise Busy(
+            f"the work queues hold {waiting} tasks waiting (the bound is {bound}): nothing was "
+            "uploaded; try again when the workers have caught up"
+        )
+
+
 def check_file(path: Path) -> int:
     """The file's size, or SubmitError saying why it cannot be uploaded."""
     if not path.exists():
@@ -83,12 +113,15 @@ def submit(
     progress: Any = None,
     mode: EncodeMode | None = None,
     filename: str | None = None,
+    priority: Priority = "normal",
 ) -> Manifest:
     """Upload ``path`` and queue its job; returns the queued manifest. ``mode`` picks chunked or
     per-rung encoding (None: the probe chooses from the source's length). ``filename`` is the
-    user's name for the file when ``path`` is ours (a web upload's temp file)."""
+    user's name for the file when ``path`` is ours (a web upload's temp file). ``priority``: the
+    lane of its encodes (worker/window.py)."""
     filename = filename or path.name
     size = check_file(path)
+    check_admission()
     storage = storage or Storage()
     job_id = uuid.uuid4().hex
     uri = storage.put_file(
@@ -102,6 +135,7 @@ def submit(
         job_id=job_id,
         source=SourceInfo(uri=uri, filename=filename, size_bytes=size),
         mode=mode,
+        priority=priority,
     )
     jobs = JobStore(storage)
     jobs.save(manifest)
@@ -117,5 +151,12 @@ def submit(
         jobs.set_state(job_id, "failed", error)
         message = f"{filename}: RabbitMQ did not take job {job_id} ({exc}); marked failed"
         raise BrokerUnavailable(message) from exc
-    emit(publisher(), "job.queued", job_id=job_id, filename=filename, size_bytes=size)
+    emit(
+        publisher(),
+        "job.queued",
+        job_id=job_id,
+        filename=filename,
+        size_bytes=size,
+        priority=priority,
+    )
     return manifest

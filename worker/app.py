@@ -8,6 +8,7 @@ never connects anywhere. Flower loads it too (``celery --app worker.app``).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, Task
@@ -15,10 +16,13 @@ from celery import Celery, Task
 from config.settings import get_settings
 from core.celery_app import create_app
 from core.errors import PermanentError
+from worker.cancellation import cancelled
 from worker.failure_handling import DeadLetteringConsumer, RecordingRequest
 from worker.housekeeping import Housekeeping
 from worker.janitor import Janitor
 from worker.topology_step import DeclareTopology
+
+logger = logging.getLogger(__name__)
 
 #: Every module that defines tasks; a worker imports them all when it starts.
 TASK_MODULES = [
@@ -32,14 +36,26 @@ TASK_MODULES = [
 
 
 class EncodeqTask(Task):
-    """Every task: failures recorded by ``RecordingRequest``; a drill can make any task fail."""
+    """Every task: failures recorded by ``RecordingRequest``; a drill can make any task fail; a
+    task of a cancelled job (its first argument) is acked without running, or, cancelled while
+    it ran (its ffmpeg killed: worker/cancellation.py), ends without a retry or a dead letter."""
 
     Request = RecordingRequest
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.name in get_settings().fail_tasks.split(","):
             raise PermanentError("injected_fault", f"{self.name} fails here on purpose (drill)")
-        return super().__call__(*args, **kwargs)
+        job_id = args[0] if args else None
+        if cancelled(job_id):
+            logger.info("%s of job %s: the job was cancelled; dropped", self.name, job_id)
+            return None
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception:
+            if not cancelled(job_id):
+                raise
+            logger.info("%s of job %s: stopped, the job was cancelled", self.name, job_id)
+            return None
 
 
 def create_worker_app() -> Celery:

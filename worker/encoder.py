@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import ffmpeg
 from config.ladder import RenditionPlan
 from config.settings import Settings
 from core.errors import EncodeError
-from core.job_model import ProbeResult
+from core.job_model import ChunkPlan, ProbeResult
 from core.layout import PLAYLIST_NAME, SEGMENT_GLOB, SEGMENT_PATTERN
 from worker import process
 from worker.hls import AAC_LC, MediaPlaylistStats, avc1_codec, media_playlist_stats
@@ -28,6 +29,29 @@ FFMPEG_TIMEOUT_MARGIN_S = 10
 #: How much shorter than its source a rendition may be (rounding, a trailing partial frame).
 TRUNCATION_TOLERANCE = 0.05
 GLOBAL_ARGS = ["-hide_banner", "-nostdin", "-y", "-loglevel", "warning", "-nostats"]
+#: Keyframe times are compared this loosely: a chunk's start is recorded to the microsecond, and
+#: no two frames (not even at 59.94 fps or on a 90 kHz clock) are this close.
+KEYFRAME_EPSILON_S = 2e-6
+
+
+#: x264's rate tolerance (its default is 1.0): how closely one-pass ABR holds the target bitrate.
+#: At the default, an encode of a few seconds (a chunk) undershoots: 4 s chunks of a 720p source
+#: came out 9% under the 240p rung's bitrate and 1.5 dB PSNR under a whole-source encode; at 0.1
+#: they hit it within 1%. Every mode uses it, so per-rung and chunked renditions match.
+RATE_TOLERANCE = "ratetol=0.1"
+
+
+def encoder_threads(settings: Settings) -> int:
+    """Threads per ffmpeg: as set, else the cores this process may run on shared among the
+    worker's pool processes (ffmpeg's own choice, about 1.5 threads a core per process, makes
+    two processes on two cores fight over them); outside a worker (a benchmark's baseline),
+    0: ffmpeg's own choice."""
+    if settings.ffmpeg_threads > 0:
+        return settings.ffmpeg_threads
+    if settings.worker_concurrency <= 0:
+        return 0
+    cores = len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, settings.worker_concurrency))
 
 
 @dataclass(frozen=True)
@@ -60,10 +84,13 @@ def output_options(
         "g": max(1, math.ceil(probe.frame_rate * seg)),
         "sc_threshold": 0,
         "force_key_frames": f"expr:gte(t,n_forced*{seg})",
-        "threads": settings.ffmpeg_threads,
+        "x264-params": RATE_TOLERANCE,
+        "threads": encoder_threads(settings),
         "f": "hls",
         "hls_time": seg,
-        "hls_playlist_type": "vod",
+        # EVENT: the playlist only grows while the encode runs (published live: a player may
+        # start at once), then gets #EXT-X-ENDLIST.
+        "hls_playlist_type": "event",
         # temp_file: a segment appears under its name only once complete (uploaded while the
         # next one is encoded: worker/segment_upload.py)
         "hls_flags": "independent_segments+temp_file",
@@ -164,8 +191,13 @@ def codecs_of(folder: Path, has_audio: bool, settings: Settings) -> str:
         ],
         timeout_s=settings.probe_timeout_s,
     )
-    stream = json.loads(out)["streams"][0]
-    codecs = [avc1_codec(stream.get("profile", "High"), int(stream.get("level", 31)))]
+    return codecs_from(json.loads(out)["streams"][0], has_audio)
+
+
+def codecs_from(video: dict[str, object], has_audio: bool) -> str:
+    """The CODECS attribute from ffprobe's ``profile`` and ``level`` of the video stream."""
+    level = video.get("level", 31)
+    codecs = [avc1_codec(str(video.get("profile", "High")), int(str(level)))]
     return ",".join(codecs + ([AAC_LC] if has_audio else []))
 
 
@@ -197,7 +229,7 @@ def _number(text: str | None) -> float:
         return 0.0
 
 
-# --- chunked mode (worker/modes/chunked/: split.py cuts, joining.py joins) ----------------------
+# --- chunked mode (worker/modes/chunked/: chunk_tasks.py encodes, joining.py joins) -------------
 #: Options of ``output_options`` that describe the HLS muxer, not the encoder.
 HLS_OPTIONS = ("f", "hls_time", "hls_playlist_type", "hls_flags", "hls_segment_filename")
 AUDIO_OPTIONS = ("c:a", "b:a", "ac", "ar")
@@ -234,6 +266,7 @@ def encoder_settings(
         "pix_fmt": options["pix_fmt"],
         "rate_control": {
             "mode": "abr+vbv",
+            "x264": options["x264-params"],
             "bitrate": options["b:v"],
             "maxrate": options["maxrate"],
             "bufsize": options["bufsize"],
@@ -249,31 +282,63 @@ def encoder_settings(
     return recorded
 
 
+def chunk_frames(
+    source: Path, chunks: ChunkPlan, index: int, from_start: bool = False
+) -> ffmpeg.nodes.FilterableStream:
+    """Chunk ``index``'s frames, decoded from the source, with timestamps from 0.
+
+    The decode seeks to the plan's point before the chunk (``from_start``: reads from the
+    beginning instead) and keeps the frames between the plan's bounds, which lie midway between
+    frames: no frame is near a bound, so no rounding moves one across. ffmpeg's input timeline
+    counts from the file's start (``origin`` is the first frame on it), and from the seek point
+    after a seek.
+    """
+    seek, start, end = chunks.decode_range(index)
+    seek = 0.0 if from_start else seek
+    base = chunks.origin + seek if seek > 0 else 0.0
+    options = {**SAFE_INPUT_OPTIONS, **({"ss": f"{base:.6f}"} if base > 0 else {})}
+    video = ffmpeg.input(str(source), **options)["v:0"]
+    bounds = {"start": f"{chunks.origin + start - base:.6f}"} if index else {}
+    if end is not None:
+        bounds["end"] = f"{chunks.origin + end - base:.6f}"
+    if bounds:
+        video = video.filter("trim", **bounds)
+    return video.filter("setpts", "PTS-STARTPTS")
+
+
 def chunk_encode_args(
-    chunk: Path,
+    source: Path,
     probe: ProbeResult,
+    chunks: ChunkPlan,
+    index: int,
     plans: list[RenditionPlan],
     outputs: dict[str, Path],
     settings: Settings,
+    from_start: bool = False,
 ) -> list[str]:
-    """One ffmpeg for every rung of a chunk: decode once, split, scale, encode each (MPEG-TS).
+    """One ffmpeg for every rung of one chunk: decode the chunk's frames once (``chunk_frames``),
+    split, scale, encode each (MPEG-TS).
 
-    Timestamps restart at 0 (``setpts``) so the forced keyframes land on the chunk's own segment
-    grid, which is the global one because chunks start on segment boundaries. Every frame passes
-    with its own timestamp, in the chunk's time base: a variable-frame-rate chunk keeps all its
-    frames (on a 1/fps clock, two frames closer than a tick would be dropped). ``force-cfr``
-    only makes x264 write the nominal frame rate into the stream's timing info, as a per-rung
-    encode does: the join's HLS muxer counts segment lengths in frame durations, which MPEG-TS
-    does not carry and ffmpeg derives from that rate (from a 90 kHz clock: one tick a frame).
+    Keyframes are forced on the source's segment grid, offset by the chunk's start, so every
+    chunk's keyframes fall where a whole-source encode puts them (plus one on the chunk's first
+    frame) and the join cuts segments on the same grid. Every frame passes with its own
+    timestamp, in the source's time base: a variable-frame-rate chunk keeps all its frames.
+    ``force-cfr`` only makes x264 write the nominal frame rate into the stream's timing info, as
+    a per-rung encode does: the join's HLS muxer counts segment lengths in frame durations, which
+    MPEG-TS does not carry.
     """
-    video = ffmpeg.input(str(chunk), **SAFE_INPUT_OPTIONS)["v:0"].filter("setpts", "PTS-STARTPTS")
+    video = chunk_frames(source, chunks, index, from_start)
     branches = video.filter_multi_output("split", len(plans))
+    offset = chunks.starts[index] + KEYFRAME_EPSILON_S
+    seg = settings.segment_seconds
+    keyframes = f"expr:gte(t+{offset:.7f},(n_forced+{math.floor(offset / seg)})*{seg})"
     streams = []
     for i, plan in enumerate(plans):
         options = {
             **video_options(probe, plan, settings),
             **{"f": "mpegts", "an": None, "fps_mode": "passthrough", "enc_time_base": -1},
-            "x264-params": "force-cfr=1",
+            "force_key_frames": keyframes,
+            "x264-params": f"{RATE_TOLERANCE}:force-cfr=1",
         }
         streams.append(
             ffmpeg.output(scaled(branches.stream(i), plan), str(outputs[plan.name]), **options)

@@ -12,24 +12,27 @@ from pathlib import Path
 
 from celery import Task
 
+from config.ladder import RenditionPlan, size_order
 from config.retry_policy import retry_options
 from config.settings import get_settings
 from core.errors import PermanentError
 from core.events import emit
+from core.intermediates import remove_intermediates_quietly
 from core.job_model import Manifest, Rendition
 from core.layout import (
     RENDITIONS,
+    job_prefix,
+    live_master_key,
     master_key,
     poster_key,
     rendition_playlist_uri,
     segments_prefix,
 )
 from core.manifest import JobStore
-from core.storage import Storage
+from core.storage import Storage, parse_uri
 from worker import encoder, host_cache
 from worker.app import app
 from worker.hls import CONTENT_TYPES, Variant, master_playlist
-from worker.intermediates import remove_intermediates_quietly
 from worker.replay_rule import reopen_if_replayed
 from worker.task_support import load_job, workdir
 
@@ -37,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 def rendition_to_do(
-    task: Task, jobs: JobStore, manifest: Manifest, rendition: str, queue: str | None = None
+    task: Task, jobs: JobStore, manifest: Manifest, rendition: str
 ) -> dict[str, Rendition] | None:
     """The opening of either mode's last task for a rung: the job's planned rungs by name, or None
     when a duplicate delivery (a lost ack, a re-run probe) finds the rung already completed, in
@@ -50,7 +53,7 @@ def rendition_to_do(
     reopen_if_replayed(task, jobs, manifest)
     done = jobs.load_rendition(manifest.job_id, rendition)
     if done is not None and done.state == "completed":
-        finalize_when_done(jobs, manifest.job_id, list(planned), queue)
+        finalize_when_done(jobs, manifest.job_id, list(planned))
         return None
     return planned
 
@@ -61,7 +64,6 @@ def rendition_done(
     record: Rendition,
     playlist: str,
     names: list[str],
-    queue: str | None = None,
 ) -> None:
     """The fan-in of either mode: a rung is complete (its record written, its event out), then
     finalize once it was the last."""
@@ -75,22 +77,18 @@ def rendition_done(
         playlist=playlist,
         size_bytes=record.size_bytes,
     )
-    finalize_when_done(jobs, job_id, names, queue)
+    finalize_when_done(jobs, job_id, names)
 
 
-def finalize_when_done(
-    jobs: JobStore, job_id: str, names: list[str], queue: str | None = None
-) -> None:
+def finalize_when_done(jobs: JobStore, job_id: str, names: list[str]) -> None:
     """Publish finalize when every rung is done.
 
     Each encode (or join) writes its record before it looks at the others, so whichever finishes
-    last sees every rung done. ``queue`` overrides the route (chunked joins use the encode queue:
-    see config/topology.py).
+    last sees every rung done.
     """
     records = [jobs.load_rendition(job_id, name) for name in names]
     if all(r is not None and r.state == "completed" for r in records):
-        options = {"queue": queue} if queue else {}
-        finalize.apply_async(args=[job_id], **options)
+        finalize.apply_async(args=[job_id])
 
 
 @app.task(name="encodeq.finalize", bind=True, **retry_options())
@@ -109,9 +107,10 @@ def finalize(self: Task, job_id: str) -> None:
         return
     master_uri = _publish_master(storage, manifest)
     poster_uri = _publish_poster(storage, job_id, manifest.renditions)
-    # In either mode: a job that went per rung when its split could not meet the plan may have
-    # chunks uploaded already.
-    remove_intermediates_quietly(storage, job_id)
+    # In either mode: a job that went per rung after its chunks began (a chunk no decode could
+    # give its frames) may have chunk outputs uploaded already. The live playlists go after the
+    # master that named them was replaced.
+    remove_intermediates_quietly(storage, job_id, [r.name for r in manifest.renditions])
     job = jobs.load_job(job_id)  # again: a failure handler may have written it meanwhile
     assert job is not None
     # Every rendition is done, so the job is: a failure recorded meanwhile (a late duplicate
@@ -145,6 +144,62 @@ def _publish_master(storage: Storage, manifest: Manifest) -> str:
         master_playlist(variants).encode(),
         CONTENT_TYPES[".m3u8"],
     )
+
+
+def rung_playable(
+    storage: Storage, jobs: JobStore, manifest: Manifest, rung: Rendition, uri: str, folder: Path
+) -> None:
+    """A rung plays while its job still encodes (a live playlist growing, a whole-source encode
+    done, or a chunked join): the job's live master lists it with the others playable so far,
+    its record says so, and ``rendition.playable`` goes out."""
+    current = jobs.load(manifest.job_id)  # with its rendition records
+    rung.live_playlist = uri
+    if current is not None and not current.finished:
+        probe = manifest.source.probe
+        assert probe is not None
+        rung.codecs = rung.codecs or encoder.codecs_of(folder, probe.has_audio, get_settings())
+        # first: a record that says it plays finds the live master naming it
+        publish_live_master(storage, current, rung)
+    jobs.save_rendition(manifest.job_id, rung)
+    emit(
+        app,
+        "rendition.playable",
+        job_id=manifest.job_id,
+        rendition=rung.name,
+        worker=rung.worker,
+        playlist=uri,
+    )
+
+
+def publish_live_master(storage: Storage, current: Manifest, rung: Rendition) -> str:
+    """The master playlist while the job encodes (its own key: finalize publishes the finished
+    one beside it): ``rung`` and every rung already playable, lowest first. Two rungs playable
+    at once may each write it without the other: the next one to play lists both. Bandwidths
+    are the rungs' caps (nothing measured yet)."""
+    probe = current.source.probe
+    assert probe is not None
+    audio_kbps = get_settings().audio_bitrate_k if probe.has_audio else 0
+    others = [r for r in current.renditions if r.name != rung.name and r.codecs]
+    playable = [(r, r.live_playlist or r.playlist) for r in others] + [(rung, rung.live_playlist)]
+    variants = []
+    for r, playlist in sorted(playable, key=lambda p: size_order(p[0])):
+        if playlist is None:
+            continue
+        plan = RenditionPlan(r.name, r.width, r.height, r.video_kbps)
+        variants.append(
+            Variant(
+                uri=parse_uri(playlist)[1].removeprefix(job_prefix(current.job_id)),
+                bandwidth=(plan.maxrate_kbps + audio_kbps) * 1000,
+                average_bandwidth=(plan.video_kbps + audio_kbps) * 1000,
+                width=r.width,
+                height=r.height,
+                codecs=r.codecs or "",
+                frame_rate=probe.frame_rate,
+            )
+        )
+    body = master_playlist(variants).encode()
+    key = live_master_key(current.job_id)
+    return storage.put_bytes(RENDITIONS, key, body, CONTENT_TYPES[".m3u8"])
 
 
 def _publish_poster(storage: Storage, job_id: str, renditions: list[Rendition]) -> str:

@@ -26,10 +26,14 @@ class MediaPlaylistStats:
 
 
 def read_media_playlist(playlist: Path) -> list[tuple[float, str]]:
-    """(duration, segment file name) for each segment of a VOD media playlist."""
+    """(duration, segment file name) for each segment of a media playlist."""
+    return read_media_playlist_text(playlist.read_text())
+
+
+def read_media_playlist_text(text: str) -> list[tuple[float, str]]:
     entries: list[tuple[float, str]] = []
     duration: float | None = None
-    for raw in playlist.read_text().splitlines():
+    for raw in text.splitlines():
         line = raw.strip()
         if line.startswith("#EXTINF:"):
             duration = float(line[len("#EXTINF:") :].split(",")[0])

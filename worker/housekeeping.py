@@ -3,9 +3,10 @@
 ``Housekeeping`` is a consumer bootstep (worker/app.py registers it). When the worker's consumer
 starts it sweeps the scratch folders no live task holds (worker/scratch.py: a pool process or a
 whole worker killed leaves its folder behind) and prunes the host cache by age, then repeats both
-every few minutes; and it follows ``job.completed`` / ``job.failed`` / ``job.reopened`` on the
-events exchange through a queue of its own, so a finished job's cache entries go on every host
-(worker/host_cache.py), not only where it finished.
+every few minutes; and it follows ``job.completed`` / ``job.failed`` / ``job.cancelled`` /
+``job.reopened`` on the events exchange through a queue of its own, so a finished job's cache
+entries go on every host (worker/host_cache.py), not only where it finished, and a cancelled job's
+ffmpeg dies on every host (worker/cancellation.py).
 
 Everything runs on the worker's event loop, in its main process: Celery re-creates the consumer
 and its queue after a broker reconnection, and the pool is forked from that same thread, so no
@@ -23,15 +24,16 @@ from celery import bootsteps
 from kombu import Consumer, Queue, binding
 
 from config.topology import EVENTS_EXCHANGE
-from worker import host_cache, scratch
+from worker import cancellation, host_cache, scratch
 
 logger = logging.getLogger(__name__)
 
 #: How often dead tasks' scratch folders are swept and the cache pruned (besides at start).
 SWEEP_EVERY_S = 120.0
 #: Events that end a job (its entries go) or reopen it (they are useful again).
-ENDED = ("job.completed", "job.failed")
+ENDED = ("job.completed", "job.failed", "job.cancelled")
 REOPENED = "job.reopened"
+CANCELLED = "job.cancelled"
 
 
 def sweep() -> None:
@@ -44,13 +46,16 @@ def sweep() -> None:
 
 
 def on_event(body: Any, message: Any = None) -> None:
-    """One lifecycle event: forget an ended job's cache entries (once no task of it runs here)."""
+    """One lifecycle event: kill a cancelled job's programs here; forget an ended job's cache
+    entries (once no task of it runs here)."""
     if not isinstance(body, dict):
         return
     event, job_id = body.get("event"), body.get("job_id")
     if not isinstance(job_id, str):
         return
     try:
+        if event == CANCELLED:  # first: its programs die now, on every host
+            cancellation.kill_programs(job_id)
         if event in ENDED:
             host_cache.job_ended(job_id)
         elif event == REOPENED:

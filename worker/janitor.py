@@ -29,11 +29,11 @@ from celery import Celery, bootsteps
 from config.settings import Settings, get_settings
 from config.topology import PROBE_TASK
 from core.events import emit
+from core.intermediates import remove_intermediates
 from core.job_model import Manifest, Requeues
 from core.manifest import JobStore
 from core.storage import Storage
 from worker.failure_handling import flush_outbox
-from worker.intermediates import remove_intermediates
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def requeue(app: Celery, jobs: JobStore, manifest: Manifest, requeues: Requeues 
 
 def sweep(app: Celery, storage: Storage, settings: Settings, now: datetime | None = None) -> Sweep:
     """One pass over the jobs: requeue orphans (published through ``app``), expire failed jobs'
-    intermediates."""
+    intermediates, remove cancelled jobs' leftovers."""
     now = now or datetime.now(UTC)
     jobs = JobStore(storage)
     done = Sweep()
@@ -83,6 +83,10 @@ def sweep(app: Celery, storage: Storage, settings: Settings, now: datetime | Non
                 continue  # published again not long ago: give that probe its time
             requeue(app, jobs, manifest, requeues)
             done.requeued.append(job_id)
+        elif manifest.state == "cancelled":  # what a task still uploaded after the cancel
+            removed = remove_intermediates(storage, job_id)
+            if removed:
+                done.expired[job_id] = removed
         elif manifest.state == "failed" and age > settings.intermediates_ttl_s:
             removed = remove_intermediates(storage, job_id)
             if removed:
@@ -94,9 +98,12 @@ def sweep(app: Celery, storage: Storage, settings: Settings, now: datetime | Non
 
 
 class Janitor(bootsteps.StartStopStep):
-    """Runs the janitor on a daemon thread of the worker's main process."""
+    """Runs the janitor on a daemon thread of one node's main process per worker."""
 
     label = "Janitor"
+
+    def include_if(self, parent: Any) -> bool:
+        return get_settings().janitor  # one node per worker (worker/nodes.py)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)

@@ -1,5 +1,6 @@
 """The worker's entry point: ``python -m worker`` (and ``encodeq worker``, which mounts the same
-command) runs a Celery worker of ``worker.app`` on the control and encode queues."""
+command) runs a Celery worker of ``worker.app``: a node per work queue it consumes (worker/nodes.py:
+the control queue, and each encode lane), the others forked from its own."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rich.console import Console
 from config.exposure import DefaultSecretError, check_default_secrets
 from config.settings import get_settings
 from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
+from worker import nodes
 from worker.app import app as celery_app
 
 err = Console(stderr=True, soft_wrap=True)
@@ -25,7 +27,8 @@ def worker(
         str, typer.Option(help="Work queues to consume, comma-separated (default: both).")
     ] = f"{CONTROL_QUEUE_NAME},{ENCODE_QUEUE_NAME}",
 ) -> None:
-    """Run a Celery worker on the control and encode queues."""
+    """Run a Celery worker on the work queues (the encode queue brings its lanes): one node per
+    queue, so none waits on another."""
     try:  # a well-known secret off loopback: refuse before connecting (config/exposure.py)
         check_default_secrets(get_settings())
     except DefaultSecretError as exc:
@@ -35,6 +38,18 @@ def worker(
     # Every file the worker and its ffmpeg write (sources, outputs, cache entries) is 0600 and
     # every folder 0700, inherited by the pool processes and their children.
     os.umask(0o077)
+    own, others = nodes.plan(queues.split(","), concurrency, get_settings())
+    forked = nodes.start_all(name, others, loglevel, _run)
+    try:
+        # A node's pool processes share the host's cores: each ffmpeg takes its share
+        # (worker/encoder.py), at the node's niceness; each forked node enters its own.
+        nodes.enter(own)
+        _run(own.concurrency, loglevel, name, own.queue)
+    finally:
+        nodes.stop(forked)
+
+
+def _run(concurrency: int, loglevel: str, name: str, queues: str) -> None:
     celery_app.worker_main(
         [
             "worker",

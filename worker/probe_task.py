@@ -21,7 +21,7 @@ from core.events import emit
 from core.job_model import Manifest, ProbeResult, Rendition
 from core.manifest import JobStore
 from core.storage import Storage
-from worker import host_cache
+from worker import host_cache, lanes, window
 from worker.app import app
 from worker.modes import registry
 from worker.modes.strategy import FanOut, ModePlan
@@ -45,8 +45,10 @@ def probe(self: Task, job_id: str) -> None:
         source = host_cache.local_source(storage, job_id, manifest.source.uri)
         found = probe_file(source, get_settings())
         manifest.mode = registry.choose_mode(manifest.mode, found.duration)
-        plan = registry.strategy(manifest.mode).plan(source, found)
-        _record(jobs, manifest, found, plan)
+        # one count of the job's lane: the plan's and the window's
+        consumers = lanes.encode_consumers(lanes.lane_for(manifest.priority, found.duration))
+        plan = registry.strategy(manifest.mode).plan(source, found, consumers)
+        _record(jobs, manifest, found, plan, window.planned_window(consumers))
         emit(
             app,
             "job.encoding",
@@ -76,13 +78,17 @@ def _claim(task: Task, jobs: JobStore, job_id: str) -> Manifest | None:
     return manifest
 
 
-def _record(jobs: JobStore, manifest: Manifest, found: ProbeResult, plan: ModePlan) -> None:
-    """What the probe found, the mode's plan and the rungs, saved before any task is published."""
+def _record(
+    jobs: JobStore, manifest: Manifest, found: ProbeResult, plan: ModePlan, job_window: int
+) -> None:
+    """What the probe found, the mode's plan, the rungs and the job's window, saved before any
+    task is published."""
     manifest.source = manifest.source.model_copy(update={"probe": found, "frames": plan.frames})
     manifest.chunks = plan.chunks
     manifest.renditions = [
         Rendition(name=p.name, width=p.width, height=p.height, video_kbps=p.video_kbps)
         for p in choose_renditions(found.width, found.height)
     ]
+    manifest.window = job_window
     manifest.state = "encoding"
     jobs.save(manifest)

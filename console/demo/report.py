@@ -39,11 +39,16 @@ def show_job(m: Manifest, storage: Storage, console: Console) -> None:
             soft_wrap=True,
         )
     if m.chunks is not None:
-        checked = [r for r in m.renditions if r.seam_check is not None]
-        passed = sum(1 for r in checked if r.seam_check and r.seam_check.passed)
+        joined = [r for r in m.renditions if r.name not in m.chunks.whole_rungs]
+        passed = sum(1 for r in joined if r.seam_check and r.seam_check.passed)
+        whole = (
+            f", {', '.join(m.chunks.whole_rungs)} from the whole source"
+            if m.chunks.whole_rungs
+            else ""
+        )
         console.print(
-            f"  chunked: {m.chunks.count} chunks of {m.chunks.seconds}s ({m.chunks.split} split),"
-            f" audio once, seam check passed on {passed}/{len(m.renditions)} renditions",
+            f"  chunked: {m.chunks.count} chunks of {m.chunks.seconds:g}s, each decoded by range,"
+            f" audio once, seam check passed on {passed}/{len(joined)} joined renditions{whole}",
             highlight=False,
         )
     if m.renditions:

@@ -33,8 +33,8 @@ from console.s3server import EmbeddedS3, answers
 from core.queue_depths import queue_depths
 
 DEMO_DIR = Path("encodeq-demo")
-#: The demo's workers cut chunks this long (the default, 30 s, would leave the 12 s sample whole),
-#: so the same sample also shows chunked mode: three chunks, encoded in parallel, then joined.
+#: The demo's workers encode chunks this long (fixed, whatever the fleet), so the same 12 s
+#: sample shows chunked mode the same way every time: three chunks, in parallel, then joined.
 DEMO_CHUNK_SECONDS = 4
 WORKER_START_TIMEOUT_S = 90.0
 #: Warm shutdown lets a worker finish the task in hand; after this it is killed (process group).

@@ -13,10 +13,13 @@ from support.broker import broker
 class Events:
     """A private subscription to ``encodeq.events``, opened before the action it observes."""
 
+    def __init__(self, keys: tuple[str, ...] = ("job.*", "rendition.*")) -> None:
+        self.keys = keys
+
     def __enter__(self) -> Events:
         self._conn = broker()
         self._conn.connect()
-        self._sub = EventSubscription(self._conn, ("job.*", "rendition.*")).__enter__()
+        self._sub = EventSubscription(self._conn, self.keys).__enter__()
         self.seen: list[dict[str, Any]] = []
         return self
 
@@ -38,8 +41,10 @@ class Events:
                 return event
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for event in self._sub.events(timeout=0.2):
+            batch = list(self._sub.events(timeout=0.2))  # whole: none after a match is dropped
+            for i, event in enumerate(batch):
                 if predicate(event):
+                    self.seen.extend(batch[i + 1 :])
                     return event
                 self.seen.append(event)
         raise AssertionError(f"no event {what} within {timeout}s")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
+from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME, with_lanes
 from support.broker import consumers
 from support.commands import WORKER_COMMAND, log_path, resolve
 from support.waiting import wait_for
@@ -41,12 +41,43 @@ class Worker:
     def pid(self) -> int:
         return self.proc.pid
 
-    def pool_children(self) -> list[int]:
-        """Pids of the prefork pool processes (children of the worker's main process)."""
+    def children(self) -> list[int]:
         out = subprocess.run(
             ["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True, text=True
         )
         return [int(p) for p in out.stdout.split()]
+
+    def node(self, name: str) -> int | None:
+        """Pid of a node the worker forked (``control``, ``high``, ``bulk``: it names itself
+        ``encodeq-<name>``, worker/nodes.py), if it runs."""
+        for pid in self.children():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == f"encodeq-{name}":
+                    return pid
+        return None
+
+    def control_node(self) -> int | None:
+        return self.node("control")
+
+    def forked_nodes(self) -> list[int]:
+        """Every node the worker forked beside its own."""
+        return [pid for pid in self.children() if _comm(pid).startswith("encodeq-")]
+
+    def control_tree(self) -> list[int]:
+        """The control node and its pool processes ([] without a control node)."""
+        control = self.control_node()
+        if control is None:
+            return []
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(control)], capture_output=True, text=True
+        )
+        return [control, *(int(p) for p in out.stdout.split())]
+
+    def pool_children(self) -> list[int]:
+        """Pids of the prefork pool processes of the worker's own node (the express lane, where
+        short jobs encode): its children that are not nodes it forked."""
+        forked = set(self.forked_nodes())
+        return [pid for pid in self.children() if pid not in forked]
 
     def kill(self) -> None:
         """SIGKILL the whole worker: main process, pool and any ffmpeg (its process group)."""
@@ -105,8 +136,12 @@ class WorkerFleet:
             # worker is killed, the broker may still count the dead one in "before".
             if proc.poll() is not None:
                 return True
-            ready = any(line.rstrip().endswith(" ready.") for line in worker.output().splitlines())
-            return ready and all(consumers(q, url) > 0 for q in queues)
+            # A node per queue (each lane its own): every one of them ready, not just the first
+            # (another worker's consumer on a queue would pass the broker's count for it).
+            nodes = with_lanes(list(queues))
+            lines = worker.output().splitlines()
+            ready = sum(line.rstrip().endswith(" ready.") for line in lines) >= len(nodes)
+            return ready and all(consumers(q, url) > 0 for q in nodes)
 
         wait_for(consuming, 60, f"worker {name} to consume from the work queues")
         if proc.poll() is not None:
@@ -137,12 +172,28 @@ def worker_fleet(
 
 
 # --- processes on this machine (read from /proc) -------------------------------------------------
-def _proc_state(pid: int) -> str | None:
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def proc_state(pid: int) -> str | None:
     """The one-letter state of a process (R, S, T, Z...), None once it is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return None
+
+
+def argv_of(pid: int) -> list[str]:
+    """A live process's arguments ([] once it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def processes_with(fragment: str, program: str | None = None, also: str = "") -> list[int]:
@@ -157,7 +208,7 @@ def processes_with(fragment: str, program: str | None = None, also: str = "") ->
         except OSError:
             continue
         argv = [a for a in (part.decode(errors="replace") for part in raw.split(b"\0")) if a]
-        if not argv or _proc_state(int(entry.name)) in (None, "Z"):
+        if not argv or proc_state(int(entry.name)) in (None, "Z"):
             continue
         if program is not None and os.path.basename(argv[0]) != program:
             continue
@@ -177,7 +228,7 @@ def hold_ffmpeg(fragment: str, timeout: float = 120, also: str = "") -> int:
             except ProcessLookupError:
                 continue
             deadline = time.monotonic() + 10
-            while (state := _proc_state(pid)) not in ("T", "t", "Z", None):
+            while (state := proc_state(pid)) not in ("T", "t", "Z", None):
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
@@ -186,6 +237,18 @@ def hold_ffmpeg(fragment: str, timeout: float = 120, also: str = "") -> int:
         return None
 
     return wait_for(held, timeout, f"an ffmpeg of {fragment}", every=0.02)
+
+
+@contextmanager
+def held_ffmpeg(fragment: str, timeout: float = 120, also: str = "") -> Iterator[int]:
+    """``hold_ffmpeg`` for the block: its pid, resumed (SIGCONT) when the block ends, however it
+    ends, so a failing test never leaves an ffmpeg stopped."""
+    pid = hold_ffmpeg(fragment, timeout, also)
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def kill_processes_with(fragment: str) -> None:

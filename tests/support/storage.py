@@ -10,6 +10,7 @@ from core.job_model import Manifest
 from core.layout import RENDITIONS
 from core.manifest import JobStore
 from core.storage import Storage, parse_uri
+from support.media import decoded_frames
 from support.waiting import wait_for
 
 
@@ -44,6 +45,15 @@ def download_rendition(playlist_uri: str, into: Path) -> Path:
     for name in s.list_keys(RENDITIONS, key.rsplit("/", 1)[0] + "/"):
         s.download(RENDITIONS, name, into / name)
     return into / key
+
+
+def assert_plays_every_frame(manifest: Manifest, expected: int, into: Path) -> None:
+    """The job completed, and each of its rungs, downloaded, decodes to ``expected`` frames."""
+    assert manifest.state == "completed", manifest.error
+    assert manifest.master_playlist
+    for r in manifest.renditions:
+        assert r.state == "completed" and r.playlist, r
+        assert decoded_frames(download_rendition(r.playlist, into / r.name)) == expected, r.name
 
 
 def open_cors(logical: str) -> None:

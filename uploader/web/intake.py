@@ -22,9 +22,9 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from config.settings import Settings
-from core.job_model import Manifest
+from core.job_model import Manifest, Priority
 from core.storage import Storage
-from uploader.submit import BrokerUnavailable, SubmitError, submit
+from uploader.submit import BrokerUnavailable, Busy, SubmitError, submit
 
 #: The form field that carries the file.
 FILE_FIELD = "file"
@@ -210,13 +210,17 @@ def _discard(receiver: _FileReceiver) -> None:
     receiver.path.unlink(missing_ok=True)
 
 
-def submit_received(received: Received, storage: Storage) -> Manifest:
+def submit_received(
+    received: Received, storage: Storage, priority: Priority = "normal"
+) -> Manifest:
     """Store the upload under a key we choose, write the manifest, publish the probe task: the
     uploader's own ``submit``, with the browser's file name travelling beside our temp path."""
     try:
-        return submit(received.path, storage, filename=received.filename)
+        return submit(received.path, storage, filename=received.filename, priority=priority)
     except BrokerUnavailable as exc:
         raise UploadError(503, "broker_unavailable", str(exc)) from exc
+    except Busy as exc:
+        raise UploadError(503, "busy", str(exc)) from exc
     except SubmitError as exc:
         raise UploadError(413, "too_large", str(exc)) from exc
 

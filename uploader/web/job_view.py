@@ -23,7 +23,11 @@ def job_document(web: WebState, manifest: Manifest) -> dict[str, Any]:
 
 
 def job_links(web: WebState, manifest: Manifest) -> dict[str, str]:
-    """The job's URLs; the playlist's carries a playback ticket, so a ``<video>`` plays it."""
+    """The job's URLs; the playlist's carries a playback ticket, so a ``<video>`` plays it; the
+    poster (once the job has one) is a presigned URL, like the segments."""
     job_id = manifest.job_id
     master = web.playback.master_url(job_id, manifest.source.duration)
-    return {"job": f"/api/jobs/{job_id}", "master_playlist": master}
+    links = {"job": f"/api/jobs/{job_id}", "master_playlist": master}
+    if (poster := web.playback.poster_url(manifest)) is not None:
+        links["poster"] = poster
+    return links

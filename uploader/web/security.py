@@ -242,14 +242,15 @@ def allowed_hosts(bind_host: str | None, extra: str | Iterable[str]) -> list[str
 
 
 def content_security_policy(media_origins: Iterable[str]) -> str:
-    """Everything from the app itself; media and fetches also from where segments are served."""
+    """Everything from the app itself; media, fetches and the poster image also from where
+    segments are served."""
     media = " ".join(dict.fromkeys(o for o in media_origins if o))
     return "; ".join(
         [
             "default-src 'self'",
             "script-src 'self'",
             "style-src 'self'",
-            "img-src 'self' data: blob:",
+            f"img-src 'self' data: blob: {media}".rstrip(),
             f"media-src 'self' blob: {media}".rstrip(),
             f"connect-src 'self' {media}".rstrip(),
             "worker-src 'self' blob:",

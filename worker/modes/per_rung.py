@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from celery import Task
@@ -17,15 +18,16 @@ from celery import Task
 from config.ladder import RenditionPlan
 from config.retry_policy import retry_options
 from config.settings import Settings, get_settings
+from config.topology import ENCODE_RUNG_TASK
 from core.errors import EncodeError
 from core.events import emit
-from core.job_model import ProbeResult, Rendition
+from core.job_model import Manifest, ProbeResult, Rendition
 from core.layout import PLAYLIST_NAME, rendition_prefix
 from core.manifest import JobStore
 from core.storage import Storage
-from worker import encoder, host_cache, process
+from worker import encoder, host_cache, lanes, process, window
 from worker.app import app
-from worker.finalize import rendition_done, rendition_to_do
+from worker.finalize import rendition_done, rendition_to_do, rung_playable
 from worker.modes.strategy import FallBack, FanOut, ModePlan
 from worker.segment_upload import SegmentUploader
 from worker.task_support import load_job, workdir
@@ -45,24 +47,49 @@ class WholeSource:
 class PerRungMode:
     """Per-rung mode as an encode strategy (worker/modes/strategy.py)."""
 
-    def plan(self, source: Path, probe: ProbeResult) -> WholeSource:
+    def plan(self, source: Path, probe: ProbeResult, consumers: int) -> WholeSource:
         return WholeSource()
 
     def fan_out(self, job: FanOut, plan: ModePlan) -> FallBack | None:
-        """One encode per rung; per-rung mode never falls back (it is where others fall back to)."""
-        for rendition in job.manifest.renditions:
-            encode.apply_async(args=[job.job_id, rendition.name])
+        """One encode per rung, lowest first, a window of them at a time (worker/window.py);
+        per-rung mode never falls back (it is where others fall back to)."""
+        rungs = window.rungs_lowest_first(job.manifest)
+        window.publish_first(job.manifest, len(rungs), _publisher(job.manifest, rungs))
         return None
 
 
-@app.task(name="encodeq.encode", bind=True, **retry_options())
+def _publisher(manifest: Manifest, rungs: list[str]) -> Callable[[int], None]:
+    def publish(index: int) -> None:
+        lane = lanes.lane_of(manifest)
+        encode.apply_async(args=[manifest.job_id, rungs[index]], queue=lane)
+
+    return publish
+
+
+def _publish_next(task: Task, jobs: JobStore, manifest: Manifest, rendition: str) -> None:
+    """The rung ``window`` places after this one, unless it started (worker/window.py). A
+    chunked job's whole rung has none: its other rungs are chunks."""
+    if manifest.mode != "per-rung":
+        return
+    rungs = window.rungs_lowest_first(manifest)
+
+    def started(index: int) -> bool:
+        record = jobs.load_rendition(manifest.job_id, rungs[index])
+        return record is not None and record.state != "pending"
+
+    publish = _publisher(manifest, rungs)
+    window.publish_after(task, manifest, rungs.index(rendition), len(rungs), started, publish)
+
+
+@app.task(name=ENCODE_RUNG_TASK, bind=True, **retry_options())
 def encode(self: Task, job_id: str, rendition: str) -> None:
     """Encode one rung to HLS and upload it under deterministic keys; trigger finalize when last."""
     storage = Storage()
     jobs = JobStore(storage)
     manifest = load_job(jobs, job_id)
     planned = rendition_to_do(self, jobs, manifest, rendition)
-    if planned is None:
+    if planned is None:  # done already: a redelivery still owes the rung after it
+        _publish_next(self, jobs, manifest, rendition)
         return
     record = planned[rendition].model_copy(
         update={
@@ -82,7 +109,10 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
     with workdir(job_id) as folder:
         source = host_cache.local_source(storage, job_id, manifest.source.uri)
         out_dir = folder / rendition
-        with SegmentUploader(storage, out_dir, rendition_prefix(job_id, rendition)) as uploads:
+        # the rung plays from its first segment on (worker/finalize.py)
+        live = partial(rung_playable, storage, jobs, manifest, record, folder=out_dir)
+        prefix = rendition_prefix(job_id, rendition)
+        with SegmentUploader(storage, out_dir, prefix, out_dir / PLAYLIST_NAME, live) as uploads:
             try:
                 result = encoder.encode(source, probe, plan, out_dir, settings, on_progress)
             except process.ProcessFailed as exc:
@@ -90,6 +120,7 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
             playlist_uri = uploads.finish(result.folder / PLAYLIST_NAME)
     record = _completed(record, result, playlist_uri, probe, plan, settings)
     rendition_done(jobs, job_id, record, playlist_uri, list(planned))
+    _publish_next(self, jobs, manifest, rendition)
 
 
 def _progress(jobs: JobStore, job_id: str, record: Rendition) -> Callable[[encoder.Progress], None]:

@@ -59,4 +59,5 @@ def _hand_over(job: FanOut, reason: str) -> None:
     emit(app, "job.mode_changed", job_id=job.job_id, mode=LAST_RESORT, reason=reason)
     assert current.source.probe is not None
     last = strategy(LAST_RESORT)
-    last.fan_out(replace(job, manifest=current), last.plan(job.source, current.source.probe))
+    plan = last.plan(job.source, current.source.probe, current.window or 1)
+    last.fan_out(replace(job, manifest=current), plan)

@@ -56,8 +56,9 @@ class FallBack:
 
 
 class EncodeStrategy(Protocol):
-    def plan(self, source: Path, probe: ProbeResult) -> ModePlan:
-        """How the mode will encode this source (recorded before any task is published)."""
+    def plan(self, source: Path, probe: ProbeResult, consumers: int) -> ModePlan:
+        """How the mode will encode this source on a fleet of ``consumers`` encode consumers
+        (recorded before any task is published)."""
         ...
 
     def fan_out(self, job: FanOut, plan: ModePlan) -> FallBack | None:

@@ -1,4 +1,4 @@
-"""``/api/jobs``: the jobs as their manifests say (newest first), with live progress."""
+"""``/api/jobs``: the jobs as their manifests say (newest first), with live progress; cancel."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from core.job_model import Manifest, is_job_id
+from uploader.cancel import CancelError, cancel
 from uploader.web.errors import ApiError
 from uploader.web.job_view import job_document, job_links
 from uploader.web.state import Web, WebState
@@ -47,3 +48,14 @@ def list_jobs(web: Web, limit: int = 50) -> dict[str, Any]:
 def get_job(job_id: str, web: Web) -> dict[str, Any]:
     manifest = load_job(web, job_id)
     return {**job_document(web, manifest), "links": job_links(web, manifest)}
+
+
+@router.post("/api/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, web: Web) -> dict[str, Any]:
+    """Cancel a running or queued job (uploader/cancel.py); 409 when it already finished."""
+    load_job(web, job_id)  # 400 / 404 as for a read
+    try:
+        manifest = cancel(job_id, web.storage, by="web")
+    except CancelError as exc:
+        raise ApiError(404 if exc.code == "unknown_job" else 409, exc.code, exc.message) from None
+    return job_document(web, web.jobs.load(job_id) or manifest)

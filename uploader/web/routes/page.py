@@ -30,4 +30,8 @@ async def health(web: Web) -> dict[str, Any]:
 @router.get("/api/config")
 async def config(web: Web) -> dict[str, Any]:
     """What the page needs to know before it uploads."""
-    return {"max_upload_bytes": web.settings.max_upload_bytes, "queues": list(WATCHED_QUEUES)}
+    return {
+        "max_upload_bytes": web.settings.max_upload_bytes,
+        "max_queued_tasks": web.settings.max_queued_tasks,
+        "queues": list(WATCHED_QUEUES),
+    }

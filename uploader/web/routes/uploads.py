@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from uploader.web.intake import receive, remove, submit_received
+from uploader.web.intake import UploadError, drain, receive, remove, submit_received
 from uploader.web.job_view import job_document, job_links
 from uploader.web.state import Web
 
@@ -22,8 +22,12 @@ router = APIRouter()
 
 
 @router.post("/api/uploads", status_code=202)
-async def upload(request: Request, web: Web) -> JSONResponse:
-    """multipart/form-data with one file in field ``file``; 202 with the queued job."""
+async def upload(request: Request, web: Web, priority: str = "normal") -> JSONResponse:
+    """multipart/form-data with one file in field ``file``; 202 with the queued job.
+    ``?priority=high``: its encodes overtake normal ones (worker/window.py)."""
+    if priority not in ("normal", "high"):
+        await drain(request.stream())  # the client reads the answer, not a reset connection
+        raise UploadError(400, "bad_priority", f"priority must be high or normal, not {priority!r}")
     received = await receive(
         request.headers.get("content-type"),
         request.headers.get("content-length"),
@@ -31,7 +35,12 @@ async def upload(request: Request, web: Web) -> JSONResponse:
         web.settings,
     )
     try:
-        manifest = await run_in_threadpool(submit_received, received, web.storage)
+        manifest = await run_in_threadpool(
+            submit_received,
+            received,
+            web.storage,
+            priority,  # type: ignore[arg-type]
+        )
     finally:
         remove(received)
     return JSONResponse(

@@ -7,7 +7,9 @@
 // the <video> element (the job's links.master_playlist).
 "use strict";
 
-const QUEUE_COLOURS = { "encodeq.control": "#0891b2", "encodeq.encode": "#2563eb", "encodeq.dlq": "#dc2626" };
+const QUEUE_COLOURS = {
+  "encodeq.control": "#0891b2", "encodeq.encode": "#2563eb", "encodeq.encode.high": "#7c3aed", "encodeq.encode.express": "#0d9488", "encodeq.dlq": "#dc2626",
+};
 const JOBS_EVERY_MS = 5000;
 const DLQ_EVERY_MS = 4000;
 const HISTORY = 180;
@@ -105,7 +107,7 @@ function uploadFile(file) {
   const form = new FormData();
   form.append("file", file, file.name);
   const xhr = new XMLHttpRequest();
-  xhr.open("POST", "/api/uploads");
+  xhr.open("POST", `/api/uploads?priority=${encodeURIComponent($("#priority").value)}`);
   for (const [key, value] of Object.entries(authHeaders())) xhr.setRequestHeader(key, value);
   xhr.upload.onprogress = (e) => {
     if (e.lengthComputable) bar.value = Math.round((e.loaded / e.total) * 100);
@@ -196,6 +198,7 @@ function renditionLine(r) {
     el("progress", { max: "100", value: String(pct), "data-progress": String(pct) }),
     el("span", { text: `${pct}%` }),
     el("span", { class: "who", text: who || r.state, title: r.worker || "" }),
+    r.live_playlist && r.state !== "completed" ? el("span", { class: "live", text: "playable" }) : "",
   );
 }
 
@@ -212,13 +215,31 @@ function jobRow(job) {
   if (job.error) cell.append(el("div", { class: "error", text: `${job.error.code}: ${job.error.message}` }));
   row.append(cell);
   const actions = el("td", {});
-  if (job.state === "completed") {
-    const play = el("button", { "data-action": "play", text: "play" });
+  const live = job.state === "encoding" && job.renditions.some((r) => r.live_playlist);
+  if (job.state === "completed" || live) {
+    // While it encodes, the lowest rung plays already (its playlist grows: HLS EVENT).
+    const play = el("button", { "data-action": "play", text: live ? "play (live)" : "play" });
     play.addEventListener("click", () => playJob(job));
     actions.append(play);
+  } else if (!["failed", "cancelled"].includes(job.state)) {
+    const cancel = el("button", { "data-action": "cancel", text: "cancel" });
+    cancel.addEventListener("click", () => cancelJob(job.job_id, cancel));
+    actions.append(cancel);
   }
   row.append(actions);
   return row;
+}
+
+async function cancelJob(jobId, button) {
+  // The server records it and tells every worker; the job.cancelled event redraws the row.
+  button.disabled = true;
+  try {
+    mergeJob(await api(`/api/jobs/${jobId}/cancel`, { method: "POST" }));
+  } catch (e) {
+    button.disabled = false;
+    button.title = e.message;
+  }
+  renderJobs();
 }
 
 function chunkStrip(chunks) {
@@ -283,34 +304,85 @@ function applyEvent(event) {
 }
 
 // --- playback ---------------------------------------------------------------------------------
+let player = null; // the hls.js instance playing, if any
+
 async function playJob(job) {
   const video = $("#video");
   $("#player").hidden = false;
   $("#player-title").textContent = `${job.source.filename} (${job.job_id.slice(0, 12)})`;
   video.dataset.jobId = job.job_id;
-  if (!video.canPlayType("application/vnd.apple.mpegurl")) {
-    $("#player-note").textContent = "This browser does not play HLS natively; the master playlist is at "
-      + `/api/jobs/${job.job_id}/hls/master.m3u8`;
-  } else {
-    $("#player-note").textContent = "Segments come straight from object storage through presigned URLs.";
-  }
+  $("#player-note").textContent = job.state === "completed"
+    ? "Segments come straight from object storage through presigned URLs."
+    : "Still encoding: this plays the lowest rung from the start while the rest is encoded.";
+  let links;
   try {
-    // The master playlist URL carries a playback ticket: a <video> sends no Authorization header.
-    const fresh = await api(`/api/jobs/${job.job_id}`);
-    video.src = fresh.links.master_playlist;
+    // The master playlist URL carries a playback ticket: the player sends no Authorization header.
+    links = (await api(`/api/jobs/${job.job_id}`)).links;
   } catch (e) {
     $("#player-note").textContent = `cannot play: ${e.message}`;
     return;
   }
+  const source = links.master_playlist;
+  video.poster = links.poster || "";
+  if (player) player.destroy();
+  player = null;
+  resetQuality();
+  if (window.Hls && Hls.isSupported()) {
+    // hls.js (vendored from its npm package); from 0 even while the playlist is still growing.
+    player = new Hls({ enableWorker: false, startPosition: 0 });
+    player.on(Hls.Events.MANIFEST_PARSED, (_, data) => offerQualities(data.levels));
+    player.on(Hls.Events.LEVEL_SWITCHED, (_, data) => showLevel(data.level));
+    player.loadSource(source);
+    player.attachMedia(video);
+    video.dataset.player = "hls.js";
+  } else {
+    video.src = source;
+    video.dataset.player = "native";
+  }
   video.play().catch((e) => { $("#player-note").textContent = `cannot play: ${e.message}`; });
   $("#player").scrollIntoView({ block: "nearest" });
 }
+
+// The quality menu: "auto" (hls.js picks by bandwidth) or one rung, each as the master lists it.
+function resetQuality() {
+  const select = $("#quality");
+  select.replaceChildren(new Option("auto", "-1"));
+  select.disabled = true;
+  $("#playing-level").textContent = "";
+  delete $("#video").dataset.level;
+}
+
+function offerQualities(levels) {
+  const select = $("#quality");
+  levels.forEach((level, i) => {
+    const kbps = Math.round(level.bitrate / 1000);
+    select.add(new Option(`${level.height}p (${kbps} kb/s)`, String(i)));
+  });
+  select.disabled = levels.length < 2;
+}
+
+function showLevel(index) {
+  const level = player && player.levels[index];
+  if (!level) return;
+  $("#video").dataset.level = String(index);
+  $("#playing-level").textContent = `playing ${level.height}p`;
+}
+
+$("#quality").addEventListener("change", (e) => {
+  if (player) player.currentLevel = Number(e.target.value); // -1: back to automatic
+});
 
 // --- queues and workers -----------------------------------------------------------------------
 function addSample(sample) {
   state.history.push(sample);
   if (state.history.length > HISTORY) state.history.splice(0, state.history.length - HISTORY);
   drawQueues();
+  // Back-pressure: at the bound, the server refuses uploads (503 busy) until the workers catch up.
+  const waiting = state.config.queues.filter((n) => n !== "encodeq.dlq").reduce((sum, n) => sum + (sample[n] || 0), 0);
+  const bound = state.config.max_queued_tasks;
+  const busy = $("#busy");
+  busy.hidden = !(bound && waiting >= bound);
+  busy.textContent = `Busy: ${waiting} tasks wait in the work queues (bound ${bound}); uploads are refused until the workers catch up.`;
 }
 
 function drawQueues() {

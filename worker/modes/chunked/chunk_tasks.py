@@ -1,13 +1,15 @@
-"""Chunked mode's encodes: every rung of one chunk from one decode (``encode_chunk``), the whole
-source's audio once (``encode_audio``), and the fan-in to the joins once all of them are done."""
+"""Chunked mode's encodes: every rung of one chunk from one decode of its range of the source
+(``encode_chunk``), the whole source's audio once (``encode_audio``), and the fan-in to the joins
+once all of them are done."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from celery import Task
-from minio.error import S3Error
 
 from config.ladder import RenditionPlan
 from config.retry_policy import retry_options
@@ -15,17 +17,19 @@ from config.settings import Settings, get_settings
 from core.errors import EncodeError, PermanentError
 from core.events import emit
 from core.job_model import ChunkRecord, Manifest, ProbeResult, now_iso
-from core.layout import AUDIO, UPLOADS, audio_key, chunk_output_key, chunk_source_key
+from core.layout import AUDIO, UPLOADS, audio_key, chunk_output_key
 from core.manifest import JobStore
 from core.storage import Storage
-from worker import encoder, host_cache, process
+from worker import encoder, host_cache, lanes, process, window
 from worker.app import app
 from worker.modes.chunked import joining
-from worker.modes.chunked.chunked_job import chunked_manifest
+from worker.modes.chunked.chunked_job import chunk_rungs, chunked_manifest
 from worker.modes.chunked.join_task import join
 from worker.modes.chunked.packets import video_packets
 from worker.replay_rule import reopen_if_replayed
 from worker.task_support import load_job, workdir
+
+logger = logging.getLogger(__name__)
 
 
 @app.task(name="encodeq.encode_chunk", bind=True, **retry_options())
@@ -46,15 +50,15 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
         return
     done = jobs.load_chunk(job_id, index)
     if done is not None and done.state == "completed":
-        join_when_done(jobs, manifest)  # a duplicate delivery, or a straggler's first copy won
+        # a duplicate delivery, or a straggler's first copy won: it still owes the next chunk
+        _publish_next(self, jobs, manifest, index)
+        join_when_done(jobs, manifest)
         return
     record = _start(self, jobs, manifest, index, offer)
     started = time.monotonic()
     with workdir(job_id) as folder:
-        chunk = _fetch_chunk(storage, jobs, job_id, index, record.worker)
-        if chunk is None:
-            return
-        outputs, encode_seconds = _encode_rungs(chunk, manifest, index, folder, get_settings())
+        source = host_cache.local_source(storage, job_id, manifest.source.uri)
+        outputs, encode_seconds = _encode_rungs(source, manifest, index, folder, get_settings())
         if _lost(self, jobs, job_id, index, record.worker):
             return
         for name, path in outputs.items():
@@ -80,7 +84,29 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
         seconds=record.seconds,
         offer=offer,
     )
+    _publish_next(self, jobs, manifest, index)
     join_when_done(jobs, manifest, progress_from=record.worker)
+
+
+def chunk_publisher(manifest: Manifest, offer: int = 1) -> Callable[[int], None]:
+    """Publishes one of the job's chunk encodes, in the job's lane (worker/window.py)."""
+
+    def publish(index: int) -> None:
+        lane = lanes.lane_of(manifest)
+        encode_chunk.apply_async(args=[manifest.job_id, index], kwargs={"offer": offer}, queue=lane)
+
+    return publish
+
+
+def _publish_next(task: Task, jobs: JobStore, manifest: Manifest, index: int) -> None:
+    """The chunk ``window`` places after this one, unless it started (worker/window.py)."""
+    assert manifest.chunks is not None
+
+    def started(successor: int) -> bool:
+        return jobs.load_chunk(manifest.job_id, successor) is not None
+
+    count = manifest.chunks.count
+    window.publish_after(task, manifest, index, count, started, chunk_publisher(manifest))
 
 
 def _start(task: Task, jobs: JobStore, manifest: Manifest, index: int, offer: int) -> ChunkRecord:
@@ -108,35 +134,48 @@ def _start(task: Task, jobs: JobStore, manifest: Manifest, index: int, offer: in
     return record
 
 
-def _fetch_chunk(
-    storage: Storage, jobs: JobStore, job_id: str, index: int, worker: str | None
-) -> Path | None:
-    """The cut chunk, local; None when it is gone because the other offer won and finalize
-    already removed the chunks (a second offer of a straggler that started late: no failure)."""
-    try:
-        return host_cache.fetch(storage, job_id, UPLOADS, chunk_source_key(job_id, index))
-    except S3Error as exc:
-        won = jobs.load_chunk(job_id, index)
-        if exc.code == "NoSuchKey" and won is not None and won.state == "completed":
-            emit(
-                app, "chunk.discarded", job_id=job_id, chunk=index, worker=worker, winner=won.worker
-            )
-            return None
-        raise
-
-
 def _encode_rungs(
-    chunk: Path, manifest: Manifest, index: int, folder: Path, settings: Settings
+    source: Path, manifest: Manifest, index: int, folder: Path, settings: Settings
 ) -> tuple[dict[str, Path], float]:
-    """Every rung of the chunk from one decode, each output verified to hold the chunk's frames;
-    the outputs and ffmpeg's seconds."""
-    assert manifest.chunks is not None and manifest.source.probe is not None
-    plans = [RenditionPlan(r.name, r.width, r.height, r.video_kbps) for r in manifest.renditions]
-    outputs = {plan.name: folder / f"{plan.name}.ts" for plan in plans}
+    """Every rung of the chunk from one decode of its range, each output verified to hold the
+    chunk's frames; the outputs and ffmpeg's seconds. A range that misses its frames after a seek
+    (a demuxer that seeks inexactly) is decoded again from the beginning of the source; fewer
+    frames then too mean the source holds less than its packets promise (cut or damaged)."""
+    assert manifest.chunks is not None
     started = time.monotonic()
+    outputs, frames = _encode_range(source, manifest, index, folder, settings, from_start=False)
+    expected = manifest.chunks.frames[index]
+    if frames != expected and manifest.chunks.decode_range(index)[0] > 0:
+        logger.warning(
+            "job %s chunk %d: %d frames after a seek, not %d; decoding it from the start",
+            manifest.job_id,
+            index,
+            frames,
+            expected,
+        )
+        outputs, frames = _encode_range(source, manifest, index, folder, settings, True)
+    if frames != expected:
+        code = "truncated_source" if frames < expected else "chunk_incomplete"
+        raise EncodeError(
+            code, f"chunk {index}: the source's packets hold {expected} frames, {frames} decode"
+        )
+    return outputs, time.monotonic() - started
+
+
+def _encode_range(
+    source: Path, manifest: Manifest, index: int, folder: Path, settings: Settings, from_start: bool
+) -> tuple[dict[str, Path], int]:
+    """Encode the chunk's rungs; the outputs, and the frames they hold (the fewest, if they
+    differ)."""
+    assert manifest.chunks is not None and manifest.source.probe is not None
+    plans = [RenditionPlan(r.name, r.width, r.height, r.video_kbps) for r in chunk_rungs(manifest)]
+    outputs = {plan.name: folder / f"{plan.name}.ts" for plan in plans}
+    argv = encoder.chunk_encode_args(
+        source, manifest.source.probe, manifest.chunks, index, plans, outputs, settings, from_start
+    )
     try:
         process.run(
-            encoder.chunk_encode_args(chunk, manifest.source.probe, plans, outputs, settings),
+            argv,
             timeout_s=settings.encode_time_limit_s + encoder.FFMPEG_TIMEOUT_MARGIN_S,
             on_progress=lambda block: None,
             watch_dir=folder,
@@ -144,15 +183,9 @@ def _encode_rungs(
         )
     except process.ProcessFailed as exc:
         raise EncodeError("encode_failed", f"ffmpeg failed on chunk {index}: {exc}") from None
-    seconds = time.monotonic() - started
-    expected = manifest.chunks.frames[index]
-    for name, path in outputs.items():  # each chunk is verified as it finishes
-        frames = video_packets(path, settings, trusted=True).frames
-        if frames != expected:
-            raise EncodeError(
-                "chunk_incomplete", f"chunk {index} {name}: {frames} frames, not {expected}"
-            )
-    return outputs, seconds
+    # each chunk is verified as it finishes
+    frames = min(video_packets(path, settings, trusted=True).frames for path in outputs.values())
+    return outputs, frames
 
 
 def _lost(task: Task, jobs: JobStore, job_id: str, index: int, worker: str | None) -> bool:
@@ -227,7 +260,7 @@ def join_when_done(jobs: JobStore, manifest: Manifest, progress_from: str | None
     records = [jobs.load_chunk(job_id, i) for i in range(manifest.chunks.count)]
     done = sum(1 for r in records if r is not None and r.state == "completed")
     if progress_from is not None:
-        for r in manifest.renditions:  # watch and the dashboard draw chunk progress per rung
+        for r in chunk_rungs(manifest):  # watch and the dashboard draw chunk progress per rung
             percent = round(100.0 * done / manifest.chunks.count, 1)
             emit(
                 app,
@@ -245,5 +278,7 @@ def join_when_done(jobs: JobStore, manifest: Manifest, progress_from: str | None
         audio = jobs.load_chunk(job_id, AUDIO)
         if audio is None or audio.state != "completed":
             return
-    for r in manifest.renditions:
-        join.apply_async(args=[job_id, r.name])
+    joined = {r.name for r in chunk_rungs(manifest)}
+    for name in window.rungs_lowest_first(manifest):  # the lowest is playable first
+        if name in joined:
+            join.apply_async(args=[job_id, name])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from core.job_model import Manifest
+from core.job_model import Manifest, Rendition
 from core.manifest import JobStore
 from worker.task_support import load_job
 
@@ -21,3 +21,9 @@ def chunked_manifest(jobs: JobStore, job_id: str) -> Manifest | None:
         logger.info("job %s is not (or no longer) in chunked mode: nothing to do here", job_id)
         return None
     return manifest
+
+
+def chunk_rungs(manifest: Manifest) -> list[Rendition]:
+    """The rungs the chunks encode (and joins join): all but those encoded whole."""
+    assert manifest.chunks is not None
+    return [r for r in manifest.renditions if r.name not in manifest.chunks.whole_rungs]

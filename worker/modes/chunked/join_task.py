@@ -12,16 +12,15 @@ from celery import Task
 from config.ladder import RenditionPlan
 from config.retry_policy import retry_options
 from config.settings import Settings, get_settings
-from config.topology import ENCODE_QUEUE_NAME
 from core.errors import EncodeError
 from core.events import emit
 from core.job_model import ChunkPlan, Manifest, ProbeResult, Rendition
-from core.layout import UPLOADS, audio_key, chunk_output_key, rendition_prefix
+from core.layout import RENDITIONS, UPLOADS, audio_key, chunk_output_key, rendition_prefix
 from core.manifest import JobStore
 from core.storage import Storage
 from worker import encoder, host_cache, process
 from worker.app import app
-from worker.finalize import rendition_done, rendition_to_do
+from worker.finalize import rendition_done, rendition_to_do, rung_playable
 from worker.hls import MediaPlaylistStats
 from worker.modes.chunked import joining, seams
 from worker.modes.chunked.chunked_job import chunked_manifest
@@ -44,9 +43,9 @@ def join(self: Task, job_id: str, rendition: str) -> None:
     storage = Storage()
     jobs = JobStore(storage)
     manifest = chunked_manifest(jobs, job_id)
-    if manifest is None:
-        return
-    planned = rendition_to_do(self, jobs, manifest, rendition, queue=ENCODE_QUEUE_NAME)
+    if manifest is None or (manifest.chunks and rendition in manifest.chunks.whole_rungs):
+        return  # not chunked (any more), or a rung its own task encodes from the whole source
+    planned = rendition_to_do(self, jobs, manifest, rendition)
     if planned is None:
         return
     record = planned[rendition].model_copy(
@@ -56,6 +55,10 @@ def join(self: Task, job_id: str, rendition: str) -> None:
     emit(app, "rendition.started", job_id=job_id, rendition=rendition, worker=record.worker)
     with workdir(job_id) as folder:
         published = _join_and_publish(storage, jobs, manifest, record, folder, get_settings())
+        # playable now (the job's live master lists it), while other joins run;
+        # its CODECS are known from the seam check, no segment needs probing for them
+        record.codecs = published.codecs
+        rung_playable(storage, jobs, manifest, record, published.playlist, folder / rendition)
     record = record.model_copy(
         update={
             "state": "completed",
@@ -69,7 +72,7 @@ def join(self: Task, job_id: str, rendition: str) -> None:
             "size_bytes": published.stats.size_bytes,
         }
     )
-    rendition_done(jobs, job_id, record, published.playlist, list(planned), queue=ENCODE_QUEUE_NAME)
+    rendition_done(jobs, job_id, record, published.playlist, list(planned))
 
 
 def _join_and_publish(
@@ -81,25 +84,30 @@ def _join_and_publish(
     settings: Settings,
 ) -> _Published:
     """Join the rung in ``folder``, check its seams (a rung that fails is recorded failed and
-    never published), upload it. ``record`` gets the seam check and the encoder settings."""
+    never published), upload it. ``record`` gets the seam check and the encoder settings.
+    Segments go up while the join writes them and the seams are checked; the playlist, which
+    makes the rung playable, only once the check passed (a rung that fails leaves nothing)."""
     chunks, probe = manifest.chunks, manifest.source.probe
     assert chunks is not None and probe is not None
     job_id, rendition = manifest.job_id, record.name
     files, audio = _fetch_parts(storage, job_id, rendition, chunks, probe, folder)
-    out_dir = folder / rendition
+    out_dir, prefix = folder / rendition, rendition_prefix(job_id, rendition)
+    uploader = SegmentUploader(storage, out_dir, prefix)
     try:
-        playlist = joining.join(files, chunks.durations, audio, probe, out_dir, settings)
+        with uploader:
+            playlist = joining.join(files, chunks.durations, audio, probe, out_dir, settings)
+            check, video = seams.check(
+                playlist,
+                manifest.source.frames or sum(chunks.frames),
+                chunks.starts[1:],
+                probe.frame_rate,
+                probe.has_audio,
+                settings,
+                chunks.seam_intervals,
+            )
     except process.ProcessFailed as exc:
+        storage.remove_prefix(RENDITIONS, prefix)
         raise EncodeError("join_failed", f"ffmpeg could not join {rendition}: {exc}") from None
-    check = seams.check(
-        playlist,
-        manifest.source.frames or sum(chunks.frames),
-        chunks.starts[1:],
-        probe.frame_rate,
-        probe.has_audio,
-        settings,
-        chunks.seam_intervals,
-    )
     plan = RenditionPlan(record.name, record.width, record.height, record.video_kbps)
     record.seam_check = check
     record.encoder = {
@@ -110,14 +118,14 @@ def _join_and_publish(
         "split": chunks.split,
     }
     if not check.passed:
+        storage.remove_prefix(RENDITIONS, prefix)
         record.state = "failed"
         jobs.save_rendition(job_id, record)
         problems = "; ".join(check.problems)
         raise EncodeError("seam_check_failed", f"{rendition} failed its seam check: {problems}")
     stats = encoder.media_playlist_stats(playlist)
     encoder.check_complete(stats, probe)
-    uri = SegmentUploader(storage, out_dir, rendition_prefix(job_id, rendition)).finish(playlist)
-    return _Published(uri, stats, encoder.codecs_of(out_dir, probe.has_audio, settings))
+    return _Published(uploader.finish(playlist), stats, encoder.codecs_from(video, probe.has_audio))
 
 
 def _fetch_parts(

@@ -31,8 +31,10 @@ class Packets:
     durations: Sequence[float]
     timed: bool = True
     #: Packets an edit list marks to be discarded (decoded for reference, never shown): not
-    #: frames of the output, and a stream copy would show them, so they refuse the copy split.
+    #: frames of the output.
     discarded: int = 0
+    #: The file's start time (s): ffmpeg's input timeline counts from it.
+    start: float = 0.0
 
     @property
     def frames(self) -> int:
@@ -58,15 +60,19 @@ def video_packets(
     arrays only (about 17 bytes a packet). Past ``limit`` packets ffprobe is stopped and the file
     refused (``too_long``): its frames are over what the duration and frame-rate limits allow,
     whatever its header says."""
-    listing = "-select_streams v:0 -show_entries packet=pts_time,dts_time,duration_time,flags"
+    listing = (
+        "-select_streams v:0 -show_entries packet=pts_time,dts_time,duration_time,flags"
+        ":format=start_time"
+    )
     safe = [] if trusted else safe_input_args()
     argv = ["ffprobe", "-v", "error", *safe, *listing.split(), "-of", "compact=p=0", str(path)]
     times, durations, keyframe = array("d"), array("d"), bytearray()
-    untimed, discarded = [0], [0]
+    untimed, discarded, start = [0], [0], [0.0]
 
     def on_line(line: str) -> None:
         fields = dict(field.partition("=")[::2] for field in line.rstrip("\r\n").split("|"))
         if "flags" not in fields:
+            start[0] = _number(fields.get("start_time")) or start[0]
             return
         if limit is not None and len(times) >= limit:
             raise InputError(
@@ -88,4 +94,5 @@ def video_packets(
     # the source's listing may be long (hours at a high frame rate): the task's own time limit
     timeout = settings.encode_time_limit_s if limit is not None else settings.probe_timeout_s * 4
     process.run(argv, timeout_s=timeout, on_line=on_line)
-    return Packets(times, keyframe, durations, timed=untimed[0] == 0, discarded=discarded[0])
+    timed = untimed[0] == 0
+    return Packets(times, keyframe, durations, timed, discarded[0], start[0])

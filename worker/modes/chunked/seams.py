@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from config.settings import Settings
 from core.job_model import SeamCheck
@@ -20,8 +21,11 @@ from worker import process
 SEAM_TOLERANCE_FRAMES = 0.5
 
 
-def _packets(playlist: Path, settings: Settings) -> dict[str, list[tuple[float, float]]]:
-    """(pts, duration) of every packet, per codec type, as the HLS demuxer reads the playlist."""
+def _packets(
+    playlist: Path, settings: Settings
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, Any]]:
+    """(pts, duration) of every packet, per codec type, as the HLS demuxer reads the playlist;
+    and the video stream's profile and level (the CODECS attribute), from the same read."""
     argv = [
         "ffprobe",
         "-v",
@@ -31,7 +35,7 @@ def _packets(playlist: Path, settings: Settings) -> dict[str, list[tuple[float, 
         "-f",
         "hls",
         "-show_entries",
-        "packet=codec_type,pts_time,duration_time",
+        "packet=codec_type,pts_time,duration_time:stream=codec_type,profile,level",
         "-of",
         "json",
         str(playlist),
@@ -42,7 +46,8 @@ def _packets(playlist: Path, settings: Settings) -> dict[str, list[tuple[float, 
         if p.get("pts_time") in (None, "N/A") or p.get("codec_type") not in found:
             continue
         found[p["codec_type"]].append((float(p["pts_time"]), float(p.get("duration_time") or 0)))
-    return found
+    video = next((s for s in doc.get("streams", []) if s.get("codec_type") == "video"), {})
+    return found, video
 
 
 def _span(packets: list[tuple[float, float]], fallback: float) -> float:
@@ -60,10 +65,11 @@ def check(
     has_audio: bool,
     settings: Settings,
     intervals: list[float] | None = None,
-) -> SeamCheck:
+) -> tuple[SeamCheck, dict[str, Any]]:
     """Check a joined rendition; ``seams`` are the chunk start times after the first, and
-    ``intervals`` the source's frame interval at each (default: one nominal frame)."""
-    packets = _packets(playlist, settings)
+    ``intervals`` the source's frame interval at each (default: one nominal frame). Also the
+    video stream as ffprobe saw it (its profile and level)."""
+    packets, video_stream = _packets(playlist, settings)
     frame = 1.0 / frame_rate
     video = sorted(pts for pts, _ in packets["video"])
     problems: list[str] = []
@@ -96,7 +102,7 @@ def check(
                 f"audio lasts {audio_duration:.3f}s, video {video_duration:.3f}s "
                 f"(allowed difference {allowed:.3f}s)"
             )
-    return SeamCheck(
+    check = SeamCheck(
         passed=not problems,
         frames=len(video),
         expected_frames=expected_frames,
@@ -106,3 +112,4 @@ def check(
         audio_duration=audio_duration,
         problems=problems,
     )
+    return check, video_stream

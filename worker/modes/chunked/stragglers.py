@@ -12,11 +12,11 @@ from celery import Task
 from config.retry_policy import retry_options
 from config.settings import Settings, get_settings
 from core.events import emit
-from core.job_model import ChunkRecord
+from core.job_model import ChunkRecord, Manifest
 from core.manifest import JobStore
 from core.storage import Storage
 from worker.app import app
-from worker.modes.chunked.chunk_tasks import encode_chunk
+from worker.modes.chunked.chunk_tasks import chunk_publisher
 from worker.modes.chunked.chunked_job import chunked_manifest
 
 logger = logging.getLogger(__name__)
@@ -55,23 +55,25 @@ def watch_chunks(self: Task, job_id: str, offered: list[int]) -> None:
             if (
                 r is not None
                 and r.index not in offered
-                and _offer_again(job_id, r, median, settings)
+                and _offer_again(manifest, r, median, settings)
             ):
                 offered.append(r.index)
     watch_chunks.apply_async(args=[job_id, offered], countdown=settings.straggler_check_s)
 
 
-def _offer_again(job_id: str, record: ChunkRecord, median: float, settings: Settings) -> bool:
+def _offer_again(
+    manifest: Manifest, record: ChunkRecord, median: float, settings: Settings
+) -> bool:
     """Offer the chunk to a second worker if it is a straggler; whether it was."""
     limit = max(settings.straggler_min_s, settings.straggler_factor * median)
     running = _seconds_since(record.started_at)
     if record.state != "encoding" or running <= limit:
         return False
-    encode_chunk.apply_async(args=[job_id, record.index], kwargs={"offer": record.offers + 1})
+    chunk_publisher(manifest, offer=record.offers + 1)(record.index)
     emit(
         app,
         "chunk.straggler",
-        job_id=job_id,
+        job_id=manifest.job_id,
         chunk=record.index,
         worker=record.worker,
         running_s=round(running, 1),
@@ -79,7 +81,7 @@ def _offer_again(job_id: str, record: ChunkRecord, median: float, settings: Sett
     )
     logger.warning(
         "job %s chunk %d: straggler on %s after %.1fs, offered again",
-        job_id,
+        manifest.job_id,
         record.index,
         record.worker,
         running,

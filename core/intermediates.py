@@ -1,0 +1,49 @@
+"""A job's intermediate objects: what chunked mode stores under ``uploads/<job>/chunks/`` (each
+rung's encoded chunks, the audio) on the way to its renditions, and what a player follows while
+the job encodes: each rung's live playlist (``live.m3u8``) and the live master; the finished
+job's master names each rung's finished playlist instead.
+
+They belong to the job, not to a mode: a chunked job that went per rung midway has some too. They
+go when the job completes (worker/finalize.py), when it is cancelled (uploader/cancel.py, and the
+janitor for what a task still uploaded after that), or when a failed job's replay window has
+passed (worker/janitor.py); until then a replayed message finds what it needs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from core.layout import (
+    LIVE_PLAYLIST_NAME,
+    RENDITIONS,
+    UPLOADS,
+    chunks_prefix,
+    live_master_key,
+    rendition_prefix,
+)
+from core.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+def remove_intermediates(storage: Storage, job_id: str, rungs: Iterable[str] = ()) -> int:
+    """Delete the job's intermediate objects (and the live playlists of ``rungs``); how many
+    there were."""
+    removed = storage.remove_prefix(UPLOADS, chunks_prefix(job_id))
+    if rungs:
+        removed += storage.remove_prefix(RENDITIONS, live_master_key(job_id))
+    for rung in rungs:
+        live = rendition_prefix(job_id, rung) + LIVE_PLAYLIST_NAME
+        removed += storage.remove_prefix(RENDITIONS, live)
+    return removed
+
+
+def remove_intermediates_quietly(storage: Storage, job_id: str, rungs: Iterable[str] = ()) -> None:
+    """``remove_intermediates``, best effort: a leftover costs storage, never correctness, so a
+    failure here must not fail the job that is being completed."""
+    try:
+        removed = remove_intermediates(storage, job_id, rungs)
+        logger.info("job %s: removed %d intermediate objects", job_id, removed)
+    except Exception:
+        logger.warning("job %s: could not remove its intermediate objects", job_id, exc_info=True)
