@@ -1,4 +1,5 @@
-"""The ``encodeq`` command: worker, upload, status, jobs, cancel, dlq, demo, watch, serve.
+"""The ``encodeq`` command: worker, upload, status, jobs, cancel, dlq, demo, watch, serve, up,
+scale.
 
 A thin Typer app: each command lives with what it does and is mounted here under its name. The
 services' own entry points are mounted as they are (``worker/main.py``, ``uploader/web/main.py``,
@@ -12,6 +13,7 @@ import typer
 from config.settings import get_settings
 from console import jobs, minio_setup, upload, watch
 from console.demo import tour
+from console.up import command as up_command
 from dlq_inspector.cli import app as dlq_app
 from uploader.web import main as web_main
 from worker import main as worker_main
@@ -32,6 +34,8 @@ app.command()(tour.demo)
 app.command()(watch.watch)
 app.command("serve")(web_main.serve)
 app.command("minio-setup")(minio_setup.command)
+app.command()(up_command.up)
+app.command()(up_command.scale)
 
 
 @app.callback()

@@ -25,10 +25,10 @@ from support.events import Events
 from support.fleet import processes_with
 from support.media import ffmpeg, make_video
 from support.storage import jobs, storage, wait_for_job
-from support.tcp_proxy import TcpProxy
 from support.waiting import wait_for
 
 from config.topology import CONTROL_QUEUE_NAME, WORK_EXCHANGE
+from console.tcp_proxy import TcpProxy
 from core.failures import load_failure
 
 

@@ -31,6 +31,7 @@ MAX_FUNCTION_LINES = 60
 LAZY_ON_PURPOSE = {
     # `encodeq` mounts `serve`; loading FastAPI and uvicorn for every other command costs ~0.8 s.
     ("uploader.web.main", "uploader.web.server"),
+    ("console.up.command", "uploader.web.server"),
 }
 
 

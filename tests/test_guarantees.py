@@ -30,10 +30,10 @@ from support.storage import (
     storage,
     wait_for_job,
 )
-from support.tcp_proxy import TcpProxy
 from support.waiting import wait_for
 
 from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
+from console.tcp_proxy import TcpProxy
 from core.failures import load_failure
 from core.job_model import ErrorInfo, Manifest, SourceInfo
 from core.layout import RENDITIONS, UPLOADS, source_key

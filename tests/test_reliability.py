@@ -23,13 +23,13 @@ from support.events import Events
 from support.fleet import WorkerFleet
 from support.media import make_video
 from support.storage import jobs, storage, wait_for_job
-from support.tcp_proxy import TcpProxy
 from support.waiting import wait_for
 
 from config.topology import (
     DEAD_LETTER_QUEUE_NAME,
     WORK_QUEUE_KEYS,
 )
+from console.tcp_proxy import TcpProxy
 
 
 @pytest.fixture

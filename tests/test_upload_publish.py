@@ -12,11 +12,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from support.broker import private_vhost, queue_state
-from support.tcp_proxy import TcpProxy
 
 import uploader.submit
 from config.settings import get_settings
 from config.topology import CONTROL_QUEUE_NAME
+from console.tcp_proxy import TcpProxy
 from core.celery_app import publisher
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 from config.settings import Settings
+from console.up import stack
 from core.job_model import Manifest
 from core.layout import RENDITIONS
 from core.manifest import JobStore
@@ -57,28 +57,6 @@ def assert_plays_every_frame(manifest: Manifest, expected: int, into: Path) -> N
 
 
 def open_cors(logical: str) -> None:
-    """Let pages of any origin read a bucket's objects (with a presigned URL: it stays private).
-
-    MinIO answers CORS for every origin by default; moto, standing in for it here, only after a
-    bucket CORS rule. A ``<video crossorigin>`` needs it to play HLS segments from S3.
-    """
-    import boto3  # moto's dependency; only this helper needs an S3 admin call minio lacks
-
-    s = settings()
-    client = boto3.client(
-        "s3",
-        endpoint_url=s.s3_endpoint,
-        aws_access_key_id=s.s3_access_key,
-        aws_secret_access_key=s.s3_secret_key,
-        region_name=s.s3_region,
-    )
-    bucket = s.bucket(logical)
-    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-        client.create_bucket(Bucket=bucket)
-    rule = {
-        "AllowedOrigins": ["*"],
-        "AllowedMethods": ["GET", "HEAD"],
-        "AllowedHeaders": ["*"],
-        "MaxAgeSeconds": 3600,
-    }
-    client.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [rule]})
+    """Let pages of any origin read a bucket's objects, as ``encodeq up`` does for its embedded
+    server (MinIO does it by default): a ``<video crossorigin>`` needs it to play from S3."""
+    stack.open_cors(settings(), logical)

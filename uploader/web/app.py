@@ -24,10 +24,20 @@ from starlette.concurrency import run_in_threadpool
 from config.settings import Settings, get_settings
 from uploader.web import security
 from uploader.web.errors import install_error_handlers
+from uploader.web.fleet import FleetControl
 from uploader.web.routes import dlq, events, jobs, page, playback, uploads
+from uploader.web.routes import fleet as fleet_routes
 from uploader.web.state import WebState
 
-ROUTERS = (page.router, uploads.router, jobs.router, playback.router, events.router, dlq.router)
+ROUTERS = (
+    page.router,
+    uploads.router,
+    jobs.router,
+    playback.router,
+    events.router,
+    dlq.router,
+    fleet_routes.router,
+)
 
 
 @asynccontextmanager
@@ -42,15 +52,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(
-    settings: Settings | None = None, token: str | None = None, bind_host: str | None = None
+    settings: Settings | None = None,
+    token: str | None = None,
+    bind_host: str | None = None,
+    fleet: FleetControl | None = None,
 ) -> FastAPI:
     """The app; ``app.state.should_exit`` (set by server.py) ends SSE streams on shutdown.
 
     ``token``: the one every API call needs (default: ``ENCODEQ_API_TOKEN``, else a random one,
     in ``app.state.web.token``: never an app without one). ``bind_host`` joins the trusted hosts.
+    ``fleet``: the supervisor under ``encodeq up`` (routes/fleet.py), else None.
     """
     settings = settings or get_settings()
-    web = WebState.build(settings, token or settings.api_token or security.generate_token())
+    web = WebState.build(settings, token or settings.api_token or security.generate_token(), fleet)
     # No /docs page: FastAPI's loads Swagger UI from a CDN, which the page origin never runs.
     app = FastAPI(
         title="encodeq",

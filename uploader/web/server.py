@@ -16,10 +16,12 @@ import sys
 from typing import TextIO
 
 import uvicorn
+from fastapi import FastAPI
 
 from config.exposure import WILDCARDS, DefaultSecretError, check_default_secrets
 from config.settings import Settings, get_settings
 from uploader.web.app import create_app
+from uploader.web.fleet import FleetControl
 from uploader.web.security import generate_token
 
 #: Seconds uvicorn lets open requests finish on shutdown (SSE streams end by themselves).
@@ -45,13 +47,7 @@ def serve(
     """Serve until SIGINT/SIGTERM."""
     settings = settings or get_settings()
     out = out or sys.stdout
-    try:
-        check_default_secrets(settings, bind_host=host)
-    except DefaultSecretError as exc:
-        raise ServeError(str(exc)) from None
-    generated = not settings.api_token
-    token = settings.api_token or generate_token()
-    app = create_app(settings, token=token, bind_host=host)
+    app, token, generated = prepare(host, settings)
     if generated:
         out.write(
             "encodeq serve: no ENCODEQ_API_TOKEN set, so this run generated one. Open the"
@@ -61,12 +57,31 @@ def serve(
         where = link(host, port, None)
         out.write(f"encodeq serve: dashboard at {where} (it asks for ENCODEQ_API_TOKEN)\n")
     out.flush()
+    run(app, host, port)
+
+
+def prepare(
+    host: str, settings: Settings, fleet: FleetControl | None = None
+) -> tuple[FastAPI, str, bool]:
+    """The app, its token, and whether the token was generated for this run (no
+    ``ENCODEQ_API_TOKEN``); ServeError on a well-known secret off loopback."""
+    try:
+        check_default_secrets(settings, bind_host=host)
+    except DefaultSecretError as exc:
+        raise ServeError(str(exc)) from None
+    generated = not settings.api_token
+    token = settings.api_token or generate_token()
+    return create_app(settings, token=token, bind_host=host, fleet=fleet), token, generated
+
+
+def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
+    """uvicorn in this thread until SIGINT/SIGTERM; SSE streams end when it begins to exit."""
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=host,
             port=port,
-            log_level="info",
+            log_level=log_level,
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,

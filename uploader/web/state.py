@@ -15,6 +15,7 @@ from core.manifest import JobStore
 from core.storage import Storage
 from uploader.playback import Playback
 from uploader.web import security
+from uploader.web.fleet import FleetControl
 from uploader.web.hub import EventHub
 
 
@@ -30,9 +31,11 @@ class WebState:
     hub: EventHub
     #: Security headers for every response (security.py), media from the S3 origin included.
     headers: dict[str, str]
+    #: The supervisor of ``encodeq up``; None under ``encodeq serve`` alone.
+    fleet: FleetControl | None = None
 
     @classmethod
-    def build(cls, settings: Settings, token: str) -> WebState:
+    def build(cls, settings: Settings, token: str, fleet: FleetControl | None = None) -> WebState:
         tickets = security.Tickets(token)
         storage = Storage(settings)
 
@@ -49,6 +52,7 @@ class WebState:
             playback=Playback(storage, ticket=play_ticket),
             hub=EventHub(settings.broker_url, JobStore(Storage(settings))),
             headers=security.security_headers(media),
+            fleet=fleet,
         )
 
 

@@ -1,4 +1,5 @@
-"""A TCP proxy the tests control: put it between a worker and S3, then cut and restore the link."""
+"""A TCP proxy that can cut its link: between the workers and S3, so ``encodeq up``'s "cut S3"
+button and the tests' storage faults are the same fault (connections dropped, new ones refused)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from console.s3server import free_port
 
 
 class TcpProxy:
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, port: int | None = None) -> None:
         self.upstream = (upstream_host, upstream_port)
-        self.port = free_port()
+        self.port = port or free_port()
         self.connections_refused = 0
         self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
@@ -21,6 +22,10 @@ class TcpProxy:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def is_cut(self) -> bool:
+        return self._listener is None
 
     def start(self) -> TcpProxy:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -1,0 +1,122 @@
+"""``encodeq up`` and ``encodeq scale`` as a user runs them: the whole stack from one command.
+
+``up`` starts the embedded S3 server (nothing answers at the configured endpoint, as on a machine
+without MinIO), keeps its objects under the data directory, starts N supervised workers and the
+dashboard; ``scale`` returns once the broker itself reports N consumers; a second ``up`` on the
+same data directory says so; Ctrl-C stops everything warm and exits 0; a restart finds the job
+and its renditions byte for byte. The browser side is tests/test_up_browser.py.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from support.broker import consumers
+from support.commands import encodeq, upload_job
+from support.fleet import processes_with
+from support.media import make_video
+from support.storage import assert_plays_every_frame, storage, wait_for_job
+from support.up import Up
+from support.waiting import wait_for
+
+from config.topology import WORK_QUEUE_KEYS
+from console.s3server import free_port
+from core.layout import RENDITIONS
+from core.storage import parse_uri
+
+
+@pytest.fixture
+def s3_nowhere(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A loopback endpoint nothing answers at: ``up`` starts its embedded server there, and this
+    test's own S3 calls and ``encodeq upload`` reach it too."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("ENCODEQ_S3_ENDPOINT", endpoint)
+    return endpoint
+
+
+def _rendition_bytes(playlist_uri: str) -> dict[str, bytes]:
+    s = storage()
+    _, key = parse_uri(playlist_uri)
+    folder = key.rsplit("/", 1)[0] + "/"
+    return {name: s.get_bytes(RENDITIONS, name) for name in s.list_keys(RENDITIONS, folder)}
+
+
+def test_up_scales_stops_warm_and_keeps_its_jobs(
+    s3_nowhere: str, tmp_path: Path, media_dir: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    up = Up(data_dir, workers=1)
+    try:
+        assert up.state["s3_endpoint"] == s3_nowhere, up.output()
+        assert wait_for(lambda: up.running(1), 90, "one worker consuming"), up.output()
+
+        second = encodeq("up", "--data-dir", str(data_dir), "--port", str(free_port()))
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "already running" in second.stderr and str(up.proc.pid) in second.stderr
+
+        # The order is random (seed printed): scale up, down, up again from wherever it is.
+        seed = random.randrange(2**32)
+        print(f"seed {seed}")
+        for count in [*random.Random(seed).sample([0, 2, 3], 3), 1]:
+            done = encodeq("scale", str(count), "--data-dir", str(data_dir), timeout=180)
+            assert done.returncode == 0, done.stderr + up.output()[-3000:]
+            # The broker, asked directly: N competing consumers on every work queue.
+            for queue in WORK_QUEUE_KEYS:
+                assert consumers(queue) == count, (queue, count)
+            pids = [w["pid"] for w in up.fleet()["workers"]]
+            assert len(set(pids)) == count
+
+        video = make_video(media_dir / "up-clip.mp4", duration=4.0)
+        job_id = upload_job(video)
+        manifest = wait_for_job(job_id, 180)
+        assert_plays_every_frame(manifest, 100, tmp_path / "first")
+        kept = {r.name: _rendition_bytes(r.playlist) for r in manifest.renditions}
+        worker_pids = [w["pid"] for w in up.fleet()["workers"]]
+
+        assert up.interrupt() == 0, up.output()[-3000:]
+        assert "stopped." in up.output()
+        assert not (data_dir / "up.json").exists()
+        for pid in worker_pids:  # warm stop: every worker (and its nodes) has exited
+            assert not Path(f"/proc/{pid}").exists() or _zombie(pid), pid
+        assert not processes_with("w1@%h", also="worker")  # nor a node it forked
+
+        up = Up(data_dir, workers=1)
+        status, jobs = up.api("GET", "/api/jobs")
+        assert status == 200
+        [again] = [j for j in jobs["jobs"] if j["job_id"] == job_id]
+        assert again["state"] == "completed"
+        restored = wait_for_job(job_id, 10)
+        assert {r.name: _rendition_bytes(r.playlist) for r in restored.renditions} == kept
+    finally:
+        if up.proc.poll() is None:
+            up.interrupt()
+
+
+def test_a_killed_worker_is_restarted_by_up(s3_nowhere: str, tmp_path: Path) -> None:
+    up = Up(tmp_path / "data", workers=1)
+    try:
+        [before] = wait_for(lambda: up.running(1), 90, "one worker consuming")
+        status, done = up.api("POST", "/api/fleet/workers/w1/kill")
+        assert status == 200 and done["pid"] == before["pid"], done
+        assert not Path(f"/proc/{before['pid']}").exists() or _zombie(before["pid"])
+        [after] = wait_for(lambda: up.running(1), 90, "w1 restarted and consuming")
+        assert after["name"] == "w1" and after["pid"] != before["pid"] and after["restarts"] == 1
+        status, refused = up.api("POST", "/api/fleet/workers/w9/kill")
+        assert status == 404 and refused["error"]["code"] == "unknown_worker"
+    finally:
+        assert up.interrupt() == 0, up.output()[-3000:]
+
+
+def test_scale_without_up_is_a_clear_error(tmp_path: Path) -> None:
+    done = encodeq("scale", "2", "--data-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert "no encodeq up runs on" in done.stderr
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
