@@ -1,10 +1,12 @@
 """Job, rendition and chunk lifecycle events on the ``encodeq.events`` topic exchange (pub-sub).
 
 Routing keys: ``job.<what>`` (queued, probing, encoding, completed, failed, reopened, requeued,
-mode_changed), ``rendition.<what>`` (started, progress, completed) and, in chunked mode,
-``chunk.<what>`` (started, completed, straggler, discarded). Every subscriber binds its own
-auto-deleted queue, so the CLI, a dashboard and any notifier each see every event. Events are
-transient: they show what is happening; the manifest in storage is the truth.
+mode_changed), ``rendition.<what>`` (started, progress, completed), in chunked mode
+``chunk.<what>`` (started, completed, straggler, discarded), and ``task.started`` /
+``task.finished`` for every task run (worker/task_events.py: the dashboard's timeline). Every
+subscriber binds its own auto-deleted queue, so the CLI, a dashboard and any notifier each see
+every event. Events are transient: they show what is happening; the manifest in storage is the
+truth.
 
 Publishers (the worker's tasks and failure handler, the uploader) ``emit`` through their Celery
 app's producer pool; subscribers open an ``EventSubscription``.

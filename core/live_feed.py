@@ -24,8 +24,8 @@ from core.manifest import JobStore
 from core.monitor import Monitor
 from core.queue_depths import queue_depths
 
-#: The lifecycle events a live view binds to.
-LIVE_EVENTS = ("job.*", "rendition.*", "chunk.*")
+#: The lifecycle events a live view binds to; ``task.*``: every task run (the timeline's bars).
+LIVE_EVENTS = ("job.*", "rendition.*", "chunk.*", "task.*")
 #: Finished jobs loaded when a view of every job starts: the latest failures, so a watcher sees
 #: what just broke.
 RECENT_FAILED = 5

@@ -4,7 +4,8 @@ The live job model: ``encodeq watch``, ``encodeq upload --wait`` (and the demo) 
 all show it, kept current by ``core/live_feed.py``. The manifests are the truth and are read when a
 view starts and now and then after; lifecycle events (best effort, transient) fill in what
 manifests do not hold or hold late: progress, fps and speed of a running encode, and which worker
-is doing what. Queue depths come from core/queue_depths.py.
+is doing what. Queue depths come from core/queue_depths.py; task runs, from ``task.*`` events,
+are kept for the timeline by core/timeline.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from core.job_model import FINISHED, Manifest, now_iso
 from core.queue_depths import QueueDepth
+from core.timeline import Timeline
 
 #: Samples of queue depth kept for the "over time" chart (one a second: five minutes).
 QUEUE_HISTORY = 300
@@ -106,6 +108,8 @@ class Monitor:
         self.queues: list[QueueDepth] = []
         self.queue_history: deque[dict[str, Any]] = deque(maxlen=QUEUE_HISTORY)
         self.events_seen = 0
+        #: Recent task runs (``task.*`` events), for the dashboard's timeline.
+        self.timeline = Timeline()
         self._lock = threading.RLock()
 
     def follows(self, job_id: str) -> bool:
@@ -141,6 +145,9 @@ class Monitor:
         """Apply one lifecycle event; returns the job it concerns (None if filtered out)."""
         job_id = event.get("job_id")
         kind = str(event.get("event", ""))
+        if kind.startswith("task.") and (self.job_filter is None or job_id in self.job_filter):
+            self.timeline.apply(event)  # a run; the job's own events say what it means for the job
+            return self.job(job_id) if isinstance(job_id, str) else None
         if not isinstance(job_id, str) or not self.follows(job_id):
             return None
         with self._lock:

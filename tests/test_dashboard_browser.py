@@ -16,7 +16,9 @@ ENCODEQ_README_SCREENSHOT=1 refreshes the README's docs/dashboard.png from the m
 from __future__ import annotations
 
 import os
+import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from support.media import make_video
 from support.storage import open_cors, storage
 from support.waiting import wait_for
 
+from core.celery_app import publisher
+from core.events import emit
 from core.layout import RENDITIONS, UPLOADS
 from core.manifest import JobStore
 from core.storage import parse_uri
@@ -60,6 +64,16 @@ RECORD_PROGRESS = """() => {
 
 MID_ENCODE = """(id) => [...document.querySelectorAll(`tr[data-job-id="${id}"] [data-progress]`)]
   .some((p) => Number(p.dataset.progress) > 0 && Number(p.dataset.progress) < 100)"""
+
+#: The server's runs of a job (GET /api/timeline), fetched by the page with its own token.
+TIMELINE_RUNS = """async (job) => {
+  const token = sessionStorage.getItem("encodeq-token");
+  const answer = await fetch("/api/timeline", { headers: { Authorization: `Bearer ${token}` } });
+  return (await answer.json()).runs.filter((r) => r.job_id === job);
+}"""
+#: Whether the timeline shows a finished bar of the job for every kind of task asked.
+TIMELINE_KINDS = """([job, kinds]) => kinds.every((k) => document.querySelector(
+  `#timeline .bar[data-job="${job}"][data-kind="${k}"][data-outcome="ok"]`))"""
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +171,7 @@ def test_upload_watch_progress_and_play(page: Any, media_dir: Path) -> None:
     assert [bars.nth(i).get_attribute("data-progress") for i in range(4)] == ["100"] * 4
     workers = page.locator("#worker-list [data-worker]")
     assert workers.count() >= 1
+    timeline_shows_every_run(page, job_id, manifest)
 
     page.click(f'{row} [data-action="play"]')
     page.wait_for_function(
@@ -193,6 +208,105 @@ def test_upload_watch_progress_and_play(page: Any, media_dir: Path) -> None:
     assert "playing 240p" in page.inner_text("#playing-level")
 
 
+def timeline_shows_every_run(page: Any, job_id: str, manifest: Any) -> None:
+    """The timeline (the page's first section) holds a bar per run of the job, ended ok, in the
+    lane of the worker and the row of the node that ran it: one of each kind of task at least."""
+    assert page.eval_on_selector("main > section", "s => s.id") == "timeline"
+    kinds = {"probe", "encode_chunk", "join", "finalize"}
+    kinds |= {"encode"} if manifest.chunks.whole_rungs else set()
+    kinds |= {"encode_audio"} if manifest.source.probe.has_audio else set()
+    page.wait_for_function(TIMELINE_KINDS, arg=[job_id, sorted(kinds)], timeout=30_000)
+    runs = [r for r in page.evaluate(TIMELINE_RUNS, job_id) if r["outcome"] == "ok"]
+    assert {r["task"] for r in runs} >= kinds
+    for run in runs:
+        lane = f'#timeline .lane[data-worker="{run["worker_hostname"]}"]'
+        bar = f'{lane} .row[data-node="{run["worker"]}"] .bar[data-run="{run["run"]}"]'
+        page.wait_for_selector(f'{bar}[data-outcome="ok"]', timeout=10_000)
+        assert page.get_attribute(bar, "data-task-id") == run["task_id"]
+        assert page.get_attribute(bar, "data-label") == run["label"]
+        assert page.get_attribute(bar, "data-redelivered") == "false"
+    assert {r["worker_hostname"].split("@")[0] for r in runs} <= {"alpha", "beta"}, runs
+
+
+def run_event(kind: str, task_id: str, worker: str, pid: int, **fields: Any) -> None:
+    """A task run event as a worker's pool process sends it (worker/task_events.py)."""
+    lane = worker.removesuffix(".control").removesuffix(".bulk")
+    base = {"task": "encode", "job_id": "f" * 32, "label": "240p", "queue": "encodeq.encode"}
+    run = {"task_id": task_id, "worker": worker, "worker_hostname": lane, "pid": pid}
+    emit(
+        publisher(), f"task.{kind}", **{**base, "redelivered": False, "retries": 0, **run, **fields}
+    )
+    time.sleep(0.05)  # a run lasts a moment: its start and end differ
+
+
+def test_timeline_marks_redeliveries_retries_and_dead_letters(page: Any) -> None:
+    """Runs as the broker sees them when things break, published as workers publish them: a
+    holder that died (its run never ends; the same task starts again elsewhere, redelivered), a
+    retry, a dead letter. The page tells each apart, and a page opened later shows the same."""
+    held, flaky, poison = (str(uuid.uuid4()) for _ in range(3))
+    run_event("started", held, "ghost@test.bulk", 11)
+    run_event("started", held, "rescue@test", 21, redelivered=True)
+    run_event("finished", held, "rescue@test", 21, redelivered=True, outcome="ok")
+    run_event("started", flaky, "rescue@test", 22)
+    run_event("finished", flaky, "rescue@test", 22, outcome="retry", countdown=2, reason="S3 down")
+    run_event("started", flaky, "rescue@test", 22, retries=1)
+    run_event("finished", flaky, "rescue@test", 22, retries=1, outcome="ok")
+    run_event("started", poison, "rescue@test.control", 23, task="probe", label="probe")
+    dead = {"outcome": "dead", "code": "not_a_video", "reason": "no video stream"}
+    run_event("finished", poison, "rescue@test.control", 23, task="probe", label="probe", **dead)
+    for opened in ("live", "later"):
+        if opened == "later":  # the same runs from GET /api/timeline alone
+            page.reload()
+            page.wait_for_selector("body[data-ready=true]")
+        ghost = '#timeline .lane[data-worker="ghost@test"] .row[data-node="ghost@test.bulk"]'
+        page.wait_for_selector(f'{ghost} .bar[data-task-id="{held}"][data-outcome="lost"]')
+        rescued = f'#timeline .lane[data-worker="rescue@test"] .bar[data-task-id="{held}"]'
+        page.wait_for_selector(f'{rescued}[data-outcome="ok"][data-redelivered="true"]')
+        assert "previous holder died before acking" in page.get_attribute(rescued, "title")
+        assert page.locator(f"{rescued} .mark.redelivered").count() == 1
+        retried = f'#timeline .bar[data-task-id="{flaky}"]'
+        page.wait_for_selector(f'{retried}[data-outcome="ok"][data-retries="1"]')
+        first = page.locator(f'{retried}[data-outcome="retry"]')
+        assert "retry in 2 s" in first.get_attribute("title") and first.count() == 1
+        died = f'#timeline .row[data-node="rescue@test.control"] .bar[data-task-id="{poison}"]'
+        page.wait_for_selector(f'{died}[data-outcome="dead"][data-kind="probe"]')
+        assert "not_a_video" in page.get_attribute(died, "title")
+        assert page.locator(f"{died} .mark.dead").count() == 1
+
+
+#: ``GET /api/fleet`` as ``encodeq up`` answers it (routes/fleet.py): one worker idle, one killed.
+FLEET = {
+    "workers": [
+        {"name": "idle", "hostname": "idle@test", "pid": 101, "state": "running"},
+        {"name": "ghost", "hostname": "ghost@test", "pid": 102, "state": "killed"},
+    ],
+    "target": 2,
+    "consumers": 1,
+    "storage": {"kind": "test", "endpoint": "-", "cut_until": None},
+    "broker": {"state": "up", "detail": ""},
+}
+
+
+def test_timeline_has_a_lane_for_every_worker_of_the_fleet(page: Any) -> None:
+    """Under ``encodeq up`` (its answer stood in for here: ``encodeq serve`` has no fleet) every
+    worker has a lane, an idle one too; a killed worker's lane is dimmed, and the run it held
+    stays open (``running``, marked orphaned) until the broker gives it to someone else."""
+    orphan = str(uuid.uuid4())
+    run_event("started", orphan, "ghost@test.bulk", 12)
+    page.route("**/api/fleet", lambda route: route.fulfill(json=FLEET))
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    idle = '#timeline .lane[data-worker="idle@test"][data-state="running"]'
+    page.wait_for_selector(idle)
+    assert page.locator(f"{idle} .bar").count() == 0 and "idle" in page.inner_text(idle)
+    ghost = '#timeline .lane[data-worker="ghost@test"][data-state="killed"]'
+    held = f'{ghost} .row[data-node="ghost@test.bulk"] .bar[data-task-id="{orphan}"]'
+    page.wait_for_selector(f'{held}[data-outcome="running"][data-orphan="true"]')
+    run_event("started", orphan, "idle@test", 13, redelivered=True)
+    page.wait_for_selector(f'{held}[data-outcome="lost"]')
+    page.wait_for_selector(f'{idle} .bar[data-task-id="{orphan}"][data-redelivered="true"]')
+
+
 def test_plays_the_lowest_rung_while_the_job_still_encodes(page: Any, media_dir: Path) -> None:
     """The top rung's join is held (its ffmpeg stopped), so the job cannot complete; the lowest
     rung, joined first, already plays in the page's player (hls.js) from the start."""
@@ -223,6 +337,8 @@ def test_cancel_from_the_page(page: Any, media_dir: Path) -> None:
         page.click(f'{row} [data-action="cancel"]')
         page.wait_for_selector(f'{row}[data-state="cancelled"]', timeout=30_000)
         wait_for(lambda: not processes_with(job_id, "ffmpeg"), 2, "no ffmpeg of the job")
+    # The run whose ffmpeg the cancel killed ends as cancelled on the timeline, not as a failure.
+    page.wait_for_selector(f'#timeline .bar[data-job="{job_id}"][data-outcome="cancelled"]')
     manifest = JobStore(storage()).load(job_id)
     assert manifest is not None and manifest.state == "cancelled"
     assert page.locator(f'{row} [data-action="cancel"]').count() == 0

@@ -465,7 +465,12 @@ def dlq_messages(server: Any) -> list[dict[str, Any]]:
 
 # --- who may call it: every route, tickets, cross-site, hosts, headers --------------------------
 #: Sample values for path parameters, so every route can be called.
-PATH_SAMPLES = {"job_id": "0" * 32, "rendition": "360p", "message_id": "0" * 12}
+PATH_SAMPLES = {
+    "job_id": "0" * 32,
+    "rendition": "360p",
+    "message_id": "0" * 12,
+    "name": "nobody",
+}
 
 
 def _routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -511,6 +516,7 @@ def test_every_api_route_needs_the_token_but_health(server: Any) -> None:
         "/api/health",
         "/api/jobs",
         "/api/events",
+        "/api/timeline",
         "/api/dlq",
         "/api/uploads",
         "/api/openapi.json",
@@ -534,7 +540,13 @@ def test_every_api_route_needs_the_token_but_health(server: Any) -> None:
         status = status_of(server, method, path, AUTH)
         assert status not in (401, 403) and status < 500, (method, path, status)
     # The page and its assets load without a token: it asks for one.
-    for path in ("/", "/static/app.js", "/static/style.css"):
+    for path in (
+        "/",
+        "/static/app.js",
+        "/static/timeline.js",
+        "/static/fleet.js",
+        "/static/style.css",
+    ):
         assert http("GET", f"{server.base}{path}")[0] == 200
 
 

@@ -1,9 +1,11 @@
 """The worker's Celery app: the shared one (core/celery_app.py) plus what only a consumer needs.
 
 That is the task base class (the fault-injection drill), the failure-recording request and
-consumer (worker/failure_handling.py), the bootsteps (topology declared on every connection,
-host housekeeping, the janitor), and the task modules every worker registers. Importing this module
-never connects anywhere. Flower loads it too (``celery --app worker.app``).
+consumer (worker/failure_handling.py), the task run events of the dashboard's timeline
+(worker/task_events.py: Celery signals, connected by importing it), the bootsteps (topology
+declared on every connection, host housekeeping, the janitor), and the task modules every worker
+registers. Importing this module never connects anywhere. Flower loads it too (``celery --app
+worker.app``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from worker.cancellation import cancelled
 from worker.failure_handling import DeadLetteringConsumer, RecordingRequest
 from worker.housekeeping import Housekeeping
 from worker.janitor import Janitor
+from worker.task_events import mark_cancelled
 from worker.topology_step import DeclareTopology
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ class EncodeqTask(Task):
         job_id = args[0] if args else None
         if cancelled(job_id):
             logger.info("%s of job %s: the job was cancelled; dropped", self.name, job_id)
+            mark_cancelled(self)
             return None
         try:
             return super().__call__(*args, **kwargs)
@@ -55,6 +59,7 @@ class EncodeqTask(Task):
             if not cancelled(job_id):
                 raise
             logger.info("%s of job %s: stopped, the job was cancelled", self.name, job_id)
+            mark_cancelled(self)
             return None
 
 

@@ -34,6 +34,7 @@ from core.job_model import ErrorInfo, is_job_id
 from core.manifest import JobStore
 from core.storage import Storage
 from worker import outbox
+from worker.task_runs import publish, run_fields
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,28 @@ class RecordingRequest(Request):
         result = super().on_failure(exc_info, send_failed_event, return_ok)
         if failure is not None and failure.dead_lettered:
             self._after_reject(failure)
+        if failure is not None and isinstance(exc, WorkerLostError):
+            try:
+                self._announce_lost(failure)
+            except Exception:  # the timeline is a view: never in the failure handling's way
+                logger.exception("could not announce the lost run of %s", self.id)
         return result
+
+    def _announce_lost(self, failure: FailureRecord) -> None:
+        """End the timeline's bar of a run whose pool process died under it (no handler there
+        could: worker/task_events.py): ``lost`` when its message goes back to the queue."""
+        consumed = getattr(self.task.app.amqp.queues, "consume_from", None) or {}
+        request = {
+            "hostname": self.hostname,
+            "pid": self.worker_pid,
+            "delivery_info": self.delivery_info,
+            "retries": self.request_dict.get("retries"),
+            "queues": list(consumed),
+        }
+        fields = run_fields(self.task, self.name, self.id, self.args, self.kwargs, request)
+        outcome = "dead" if failure.dead_lettered else "lost"
+        fields.update(outcome=outcome, code=failure.code, reason=failure.message[:300])
+        publish(self.task.app, "task.finished", fields)
 
     def _after_reject(self, failure: FailureRecord) -> None:
         """Fail the job once the reject has reached RabbitMQ, and only then.

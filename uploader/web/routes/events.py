@@ -1,10 +1,11 @@
-"""The live view: server-sent events, the ticket that opens them, queue depths and workers; all
-from the one events hub (hub.py) and its monitor."""
+"""The live view: server-sent events, the ticket that opens them, queue depths, workers and the
+timeline of task runs; all from the one events hub (hub.py) and its monitor."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -78,3 +79,10 @@ async def queues(web: Web) -> dict[str, Any]:
 async def workers(web: Web) -> dict[str, Any]:
     """Workers seen in events or manifests, and what each is doing."""
     return {"workers": web.hub.monitor.workers_json()}
+
+
+@router.get("/api/timeline")
+async def timeline(web: Web) -> dict[str, Any]:
+    """The recent task runs (core/timeline.py), oldest first, so a page opened mid-encode shows
+    the past; ``now`` is the server's clock, which the page lays the bars out against."""
+    return {"now": time.time(), "runs": web.hub.monitor.timeline.runs()}

@@ -1,4 +1,5 @@
-// encodeq dashboard: uploads, live jobs (server-sent events), queues, workers, DLQ, playback.
+// encodeq dashboard: uploads, live jobs (server-sent events), queues, workers, DLQ, playback;
+// the timeline of task runs is timeline.js.
 // Manifests (GET /api/jobs) are the truth; events only move things along between two reads.
 // Every API call carries the token (Authorization: Bearer). It arrives once in the link that
 // `encodeq serve` prints (http://HOST:PORT/#token=...: a fragment never reaches a server), is kept
@@ -515,10 +516,18 @@ async function connectEvents() {
   };
   source.onmessage = (message) => {
     const event = JSON.parse(message.data);
-    if (event.event === "queues") return addSample(event);
+    if (event.event === "queues") {
+      timelineView.clock(event.t); // the server's clock, which the timeline lays bars out against
+      return addSample(event);
+    }
     if (event.event === "hello") return;
-    applyEvent(event);
-    if (event.worker) refreshWorkers();
+    document.dispatchEvent(new CustomEvent("encodeq:event", { detail: event })); // fleet.js narrates
+    if (event.event && event.event.startsWith("task.")) {
+      timelineView.apply(event); // a task run: a bar on the timeline (timeline.js)
+    } else {
+      applyEvent(event);
+      if (event.worker) refreshWorkers();
+    }
   };
 }
 
@@ -544,7 +553,7 @@ async function start() {
   } catch (e) {
     console.warn("queues", e);
   }
-  await Promise.all([refreshJobs(), refreshWorkers(), refreshDlq()]);
+  await Promise.all([timelineView.start(), refreshJobs(), refreshWorkers(), refreshDlq()]);
   setInterval(refreshJobs, JOBS_EVERY_MS);
   setInterval(refreshDlq, DLQ_EVERY_MS);
   document.body.dataset.ready = "true";
