@@ -60,6 +60,10 @@ class Up:
             data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
         return http_json(method, self.base + path, body=data, headers=headers, timeout=30)
 
+    def api_raw(self, method: str, path: str, body: bytes, content_type: str) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.state['token']}", "Content-Type": content_type}
+        return http_json(method, self.base + path, body=body, headers=headers, timeout=60)
+
     def fleet(self) -> dict[str, Any]:
         status, doc = self.api("GET", "/api/fleet")
         assert status == 200, doc

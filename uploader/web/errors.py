@@ -2,8 +2,9 @@
 
 Routes raise what they mean (``ApiError``, or a domain error: a refused upload, a job that cannot
 be played, a dead letter that is gone); the handlers installed here turn each into its status and
-stable code. Framework errors (no route, wrong method, a parameter that does not validate) and
-anything unexpected (500) get the same shape. The one exception: a ``Host`` header outside the
+stable code. Framework errors (no route, wrong method, a parameter that does not validate), S3
+not answering (503 ``storage_unavailable``, so the page can say so and ask again) and anything
+unexpected (500) get the same shape. The one exception: a ``Host`` header outside the
 trusted list gets Starlette's plain-text 400 before any of this runs (security.py).
 """
 
@@ -15,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from urllib3.exceptions import HTTPError as StorageConnectionError
 
 from dlq_inspector.operations import MessagesNotFound
 from uploader.playback import PlaybackError
@@ -78,6 +80,11 @@ def install_error_handlers(app: FastAPI, security_headers: dict[str, str]) -> No
         )
         return error_response(400, "invalid_request", where or "invalid request")
 
+    async def storage_away(request: Request, exc: Exception) -> JSONResponse:
+        # urllib3 gave up on S3 (refused, reset, timed out): the page shows it and asks again.
+        message = f"S3 does not answer: {type(exc).__name__}"
+        return error_response(503, "storage_unavailable", message, {"Retry-After": "2"})
+
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         message = f"{type(exc).__name__}: {exc}"
         return error_response(500, "internal_error", message, security_headers)
@@ -86,4 +93,5 @@ def install_error_handlers(app: FastAPI, security_headers: dict[str, str]) -> No
         app.add_exception_handler(kind, domain)
     app.add_exception_handler(StarletteHTTPException, http)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StorageConnectionError, storage_away)
     app.add_exception_handler(Exception, internal)

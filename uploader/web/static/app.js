@@ -175,8 +175,13 @@ async function refreshJobs() {
     const body = await api("/api/jobs?limit=50");
     for (const manifest of body.jobs) mergeJob(manifest);
     renderJobs();
+    $("#jobs-note").hidden = true;
   } catch (e) {
-    console.warn("jobs", e);
+    // S3 away (503 storage_unavailable) or the server restarting: the jobs stay as last read,
+    // the page says so, and the next refresh tries again.
+    const note = $("#jobs-note");
+    note.textContent = `${e.code === "storage_unavailable" ? "S3 does not answer" : "jobs unavailable"}: showing them as last read; retrying (${e.message})`;
+    note.hidden = false;
   }
 }
 
