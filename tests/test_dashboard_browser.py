@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from support.browser import CHROMIUM, chromium, upload_through_page, watch_errors
 from support.fleet import WorkerFleet, held_ffmpeg, processes_with
 from support.http import start_server
 from support.media import make_video
@@ -37,18 +38,10 @@ from core.layout import RENDITIONS, UPLOADS
 from core.manifest import JobStore
 from core.storage import parse_uri
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "dashboard.png"
 JOB_S = 120_000  # milliseconds a job may take, at most, in Playwright's units
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 if not CHROMIUM.exists():  # pragma: no cover - .ci/run installs it
     pytest.skip("apt-get install chromium", allow_module_level=True)
 
@@ -97,21 +90,8 @@ def server(fleet: WorkerFleet) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
-
-
-def watch_errors(page: Any) -> list[str]:
-    """Script errors and Content-Security-Policy violations the page runs into."""
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on(
-        "console",
-        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
-    )
-    return errors
 
 
 @pytest.fixture
@@ -129,15 +109,6 @@ def page(browser: Any, server: Any) -> Iterator[Any]:
     yield page
     context.close()
     assert not errors, errors
-
-
-def upload_through_page(page: Any, files: Any) -> str:
-    """Choose a file in the plain ``input[type=file]``; returns the job id the API answered."""
-    with page.expect_response(lambda r: urlsplit(r.url).path == "/api/uploads") as answer:
-        page.set_input_files("input[type=file]", files)
-    response = answer.value
-    assert response.status == 202, response.text()
-    return response.json()["job_id"]
 
 
 def test_upload_watch_progress_and_play(page: Any, media_dir: Path) -> None:
