@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from support.browser import CHROMIUM, chromium, play_and_choose, upload_through_page, watch_errors
-from support.fleet import held_ffmpeg
+from support.fleet import held_ffmpeg, worker_holding
 from support.media import make_video
 from support.storage import wait_for_job
 from support.up import Up
@@ -29,20 +29,6 @@ JOB_MS = 180_000
 pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 if not CHROMIUM.exists():  # pragma: no cover - .ci/run installs it
     pytest.skip("apt-get install chromium", allow_module_level=True)
-
-
-def _parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def holder(pid: int, workers: dict[int, str]) -> str:
-    """The worker (by name) whose process tree runs ``pid``."""
-    while pid > 1:
-        if pid in workers:
-            return workers[pid]
-        pid = _parent(pid)
-    raise AssertionError("the held ffmpeg belongs to no worker of up")
 
 
 def running_in_page(page: object, count: int) -> None:
@@ -85,7 +71,7 @@ def test_up_in_the_browser(
             row = f'tr[data-job-id="{job_id}"]'
             with held_ffmpeg(job_id, timeout=120) as ffmpeg:
                 workers = {w["pid"]: w["name"] for w in up.fleet()["workers"]}
-                name = holder(ffmpeg, workers)
+                name = worker_holding(ffmpeg, workers)
                 page.click(f'#fleet-workers [data-kill="{name}"]')
                 page.wait_for_selector('#narration li[data-kind="kill"]')
             # The held task comes back (RabbitMQ requeues what a dead connection held unacked)

@@ -187,6 +187,19 @@ def proc_state(pid: int) -> str | None:
         return None
 
 
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def worker_holding(pid: int, workers: dict[int, str]) -> str:
+    """Which of ``workers`` (pid -> name) runs ``pid`` somewhere in its process tree."""
+    while pid > 1:
+        if pid in workers:
+            return workers[pid]
+        pid = parent_of(pid)
+    raise AssertionError(f"process {pid} belongs to none of {sorted(workers.values())}")
+
+
 def argv_of(pid: int) -> list[str]:
     """A live process's arguments ([] once it is gone)."""
     try:
