@@ -13,6 +13,7 @@ server in the same process starts from its directory alone, as a new process wou
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import logging
 import secrets
@@ -51,8 +52,8 @@ def answers(endpoint: str, timeout: float = 2.0) -> bool:
         urllib.request.urlopen(endpoint, timeout=timeout).close()
     except urllib.error.HTTPError:
         return True  # 403 and friends: a server is there
-    except (OSError, ValueError):
-        return False
+    except (OSError, ValueError, http.client.HTTPException):
+        return False  # nothing, or something that does not speak HTTP
     return True
 
 
@@ -83,6 +84,7 @@ class EmbeddedS3:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.mirror = Mirror(_client(self.port), self.data_dir)
             app = NoteWrites(app, str(self._account), self.mirror.mark)
+        app = loopback_only(app)
         # What moto's ThreadedMotoServer does, around our app: a thread per request (and a
         # shorter poll, so that stop() takes a twentieth of a second, not half of one).
         self._server = make_server("127.0.0.1", self.port, app, threaded=True)
@@ -133,6 +135,23 @@ class EmbeddedS3:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: Names a request to this server may use for it: moto checks no signature, so a page of another
+#: site reaching it through DNS rebinding (a name of its own resolving to 127.0.0.1) must be
+#: refused by its Host header, the way the dashboard refuses it (uploader/web/security.py).
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def loopback_only(app: Any) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable]:
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable:
+        host = environ.get("HTTP_HOST", "127.0.0.1").rsplit(":", 1)[0].strip("[]")
+        if host in LOOPBACK_HOSTS or host.endswith(".localhost"):
+            return app(environ, start_response)
+        start_response("403 Forbidden", [("Content-Type", "application/xml")])
+        return [b"<Error><Code>AccessDenied</Code><Message>loopback only</Message></Error>"]
+
+    return guarded
 
 
 class NoteWrites:

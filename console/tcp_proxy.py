@@ -4,8 +4,10 @@ button and the tests' storage faults are the same fault (connections dropped, ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import threading
+import time
 
 from console.s3server import free_port
 
@@ -63,13 +65,17 @@ class TcpProxy:
         while True:
             try:
                 client, _ = listener.accept()
-            except OSError:
-                return
+            except OSError as exc:
+                if self._listener is listener and exc.errno in (errno.EMFILE, errno.ENFILE):
+                    time.sleep(0.1)  # out of descriptors for a moment: keep listening
+                    continue
+                return  # cut: this listener is closed
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
             except OSError:
                 client.close()
                 continue
+            server.settimeout(None)  # the 5 s was for connecting; S3 may think longer than that
             with self._lock:
                 self._open.update({client, server})
             for a, b in ((client, server), (server, client)):
@@ -82,6 +88,12 @@ class TcpProxy:
         except OSError:
             pass
         finally:
+            # Both directions end here (the other pump's recv returns), and both sockets are
+            # closed: a long-running proxy must not keep a descriptor per past connection.
             for sock in (src, dst):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                for sock in (src, dst):
+                    self._open.discard(sock)
+                    sock.close()

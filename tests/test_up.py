@@ -109,10 +109,34 @@ def test_a_killed_worker_is_restarted_by_up(s3_nowhere: str, tmp_path: Path) -> 
         assert up.interrupt() == 0, up.output()[-3000:]
 
 
+def test_a_killed_up_stops_its_workers_and_a_new_one_starts(
+    s3_nowhere: str, tmp_path: Path
+) -> None:
+    """``kill -9`` of up itself: its workers get SIGTERM from the kernel (pdeathsig) and stop
+    warm; the lock died with it, so ``scale`` says no up runs and a new ``up`` starts."""
+    data_dir = tmp_path / "data"
+    up = Up(data_dir, workers=1)
+    [worker] = wait_for(lambda: up.running(1), 90, "one worker consuming")
+    up.kill()
+    wait_for(lambda: _gone(worker["pid"]), 60, "the orphaned worker to stop")
+    assert not processes_with("w1@%h", also="worker")
+    done = encodeq("scale", "1", "--data-dir", str(data_dir))
+    assert done.returncode == 2 and "no encodeq up runs" in done.stderr, done.stderr
+    again = Up(data_dir, workers=1)
+    try:
+        assert wait_for(lambda: again.running(1), 90, "the new up's worker consuming")
+    finally:
+        assert again.interrupt() == 0, again.output()[-3000:]
+
+
 def test_scale_without_up_is_a_clear_error(tmp_path: Path) -> None:
     done = encodeq("scale", "2", "--data-dir", str(tmp_path))
     assert done.returncode == 2
     assert "no encodeq up runs on" in done.stderr
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or _zombie(pid)
 
 
 def _zombie(pid: int) -> bool:

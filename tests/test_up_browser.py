@@ -72,12 +72,18 @@ def test_up_in_the_browser(
             with held_ffmpeg(job_id, timeout=120) as ffmpeg:
                 workers = {w["pid"]: w["name"] for w in up.fleet()["workers"]}
                 name = worker_holding(ffmpeg, workers)
+                lane = f'.lane[data-worker^="{name}@"]'
+                held = page.eval_on_selector_all(
+                    f'{lane} .bar[data-outcome="running"]', "bs => bs.map(b => b.dataset.taskId)"
+                )
                 page.click(f'#fleet-workers [data-kill="{name}"]')
                 page.wait_for_selector('#narration li[data-kind="kill"]')
             # The held task comes back (RabbitMQ requeues what a dead connection held unacked)
-            # and is redelivered, to w1 restarted by up: the narration and the timeline say so.
+            # and is redelivered, to w1 restarted by up: the narration and the timeline say so,
+            # for the very task the killed worker held.
             page.wait_for_selector('#narration li[data-kind="redelivered"]', timeout=JOB_MS)
-            page.wait_for_selector('.bar[data-redelivered="true"]', timeout=JOB_MS)
+            redelivered = page.wait_for_selector('.bar[data-redelivered="true"]', timeout=JOB_MS)
+            assert redelivered.get_attribute("data-task-id") in held, held
             refresh = os.environ.get("ENCODEQ_README_SCREENSHOT") == "1"
             page.screenshot(path=str(README_SCREENSHOT) if refresh else None, full_page=True)
             page.wait_for_selector(f'{row}[data-state="completed"]', timeout=JOB_MS)

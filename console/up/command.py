@@ -35,6 +35,7 @@ from console.up.faults import BrokerRestart
 from console.up.instance import AlreadyRunning, Instance, UpState, default_data_dir, read_state
 from console.up.stack import port_free, start_storage
 from console.up.supervisor import Supervisor
+from uploader.web.fleet import MAX_WORKERS
 
 HOST = "127.0.0.1"
 #: How long ``encodeq scale`` waits for the broker to see the workers it asked for.
@@ -52,13 +53,14 @@ DataDir = Annotated[
 def up(
     data_dir: DataDir = None,
     workers: Annotated[
-        int | None, typer.Option(min=0, max=16, help="Workers to start (default: one per core).")
+        int | None,
+        typer.Option(min=0, max=MAX_WORKERS, help="Workers to start (default: one per core)."),
     ] = None,
     port: Annotated[int, typer.Option(help="The dashboard's port, on 127.0.0.1.")] = 8000,
 ) -> None:
     """The whole stack on this machine until Ctrl-C: S3, N workers, the dashboard."""
     data_dir = (data_dir or default_data_dir()).resolve()
-    count = workers if workers is not None else (os.cpu_count() or 1)
+    count = workers if workers is not None else min(os.cpu_count() or 1, MAX_WORKERS)
     started = time.monotonic()
     console = Console(soft_wrap=True, highlight=False)
     try:
@@ -134,7 +136,7 @@ def _serve_until_interrupted(app: Any, port: int) -> None:
 
 
 def scale(
-    workers: Annotated[int, typer.Argument(min=0, max=16, help="Workers to run.")],
+    workers: Annotated[int, typer.Argument(min=0, max=MAX_WORKERS, help="Workers to run.")],
     data_dir: DataDir = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = (
         SCALE_TIMEOUT_S
@@ -149,21 +151,22 @@ def scale(
     _api(state, "/api/fleet/scale", {"workers": workers})
     while True:
         fleet = _api(state, "/api/fleet")
-        running = [w for w in fleet["workers"] if w["state"] == "running"]
-        if len(fleet["workers"]) == len(running) == workers == fleet["consumers"]:
-            break
+        staying = [w for w in fleet["workers"] if w["state"] != "stopping"]
+        running = [w for w in staying if w["state"] == "running"]
+        if len(staying) == len(running) == workers == fleet["consumers"]:
+            break  # a worker still finishing its task warm no longer counts
         if time.monotonic() - started > timeout:
+            seen = fleet["consumers"]
+            broker = "the broker does not answer" if seen is None else f"the broker sees {seen}"
             fail(
-                f"after {timeout:.0f}s: {len(running)} workers running, the broker sees"
-                f" {fleet['consumers']} consumers (logs in {data_dir}/logs)",
+                f"after {timeout:.0f}s: {len(running)} workers running, {broker} consumers"
+                f" (logs in {data_dir}/logs)",
                 code=1,
             )
         time.sleep(0.25)
     names = ", ".join(w["name"] for w in running) or "none"
-    out.print(
-        f"{workers} workers consume the encode queue ({names}), after"
-        f" {time.monotonic() - started:.1f}s"
-    )
+    took = time.monotonic() - started
+    out.print(f"{workers} workers consume the encode queue ({names}), after {took:.1f}s")
 
 
 def _api(state: UpState, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -177,8 +180,17 @@ def _api(state: UpState, path: str, body: dict[str, Any] | None = None) -> dict[
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        detail = json.loads(exc.read() or b"{}").get("error", {}).get("message", exc.reason)
-        fail(f"encodeq up refused: {detail}")
+        fail(f"encodeq up refused: {_message(exc)}")
+    except ValueError:
+        fail(f"encodeq up (pid {state.pid}) answered something that is not JSON at {state.url}")
     except OSError as exc:
         err.print(f"[dim]{state.url}: {exc}")
         fail(f"encodeq up (pid {state.pid}) does not answer at {state.url}")
+
+
+def _message(exc: urllib.error.HTTPError) -> str:
+    """The API's ``error.message``, else the HTTP reason (a proxy's page, a server restarting)."""
+    try:
+        return str(json.loads(exc.read())["error"]["message"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return f"HTTP {exc.code} {exc.reason}"

@@ -60,5 +60,8 @@ class UpControl:
     def cut_storage(self, seconds: float) -> dict[str, Any]:
         return self.storage.cut(seconds)
 
+    def restore_storage(self) -> dict[str, Any]:
+        return self.storage.restore()
+
     def restart_broker(self) -> dict[str, Any]:
         return self.broker.start()

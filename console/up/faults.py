@@ -9,6 +9,7 @@ the system's own doing (retries with backoff, redeliveries, reconnects), and the
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import threading
@@ -37,43 +38,61 @@ class StorageLink:
         self.kind = kind
         self.cut_until: datetime | None = None
         self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
 
     def cut(self, seconds: float) -> dict[str, Any]:
-        if self._timer is not None:
-            raise FleetError(409, "already_cut", "S3 is already cut; wait for it to come back")
-        self.proxy.cut()
-        self.cut_until = datetime.now(UTC) + timedelta(seconds=seconds)
-        self._timer = threading.Timer(seconds, self.restore)
-        self._timer.daemon = True
-        self._timer.start()
+        with self._lock:
+            if self._timer is not None:
+                raise FleetError(409, "already_cut", "S3 is already cut; wait for it to come back")
+            self.proxy.cut()
+            self.cut_until = datetime.now(UTC) + timedelta(seconds=seconds)
+            self._timer = threading.Timer(seconds, self.restore)
+            self._timer.daemon = True
+            self._timer.start()
         return {"cut_for_s": seconds, "until": _iso(self.cut_until)}
 
-    def restore(self) -> None:
-        self.proxy.restore()
-        self.cut_until, self._timer = None, None
-
-    def describe(self) -> dict[str, Any]:
-        until = self.cut_until
-        return {
-            "kind": self.kind,
-            "endpoint": self.proxy.endpoint,
-            "cut_until": _iso(until) if until else None,
-        }
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.proxy.cut()
+    def restore(self) -> dict[str, Any]:
+        """S3 back now (the cut's timer calls this too; restoring a link that is up is a no-op)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            try:
+                self.proxy.restore()
+            except OSError as exc:  # the port was taken while cut: say so, stay cut
+                raise FleetError(409, "restore_failed", f"S3's port is taken: {exc}") from None
+            self.cut_until, self._timer = None, None
+        return {"storage": "up"}
 
 
 class BrokerRestart:
     """Restarts the local RabbitMQ node with rabbitmqctl; refused where ``up`` may not."""
 
     def __init__(self, broker_url: str) -> None:
-        self.host = urlsplit(broker_url.split(";")[0]).hostname or "127.0.0.1"
+        url = urlsplit(broker_url.split(";")[0])
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 5672
         self.state = "up"
         self.detail = ""
         self._lock = threading.Lock()
+        #: The AMQP ports the local node serves (rabbitmqctl talks to that node, not to a URL):
+        #: asked once, in the background, as it takes a second or two.
+        self._ports: set[int] | None = None
+        if self.host in LOOPBACK and shutil.which("rabbitmq-diagnostics"):
+            asking = threading.Thread(target=self._ask_ports, name="encodeq-ports", daemon=True)
+            asking.start()
+
+    def _ask_ports(self) -> None:
+        try:
+            done = subprocess.run(
+                ["rabbitmq-diagnostics", "-q", "listeners"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            self._ports = set()
+            return
+        self._ports = {int(p) for p in re.findall(r"port: (\d+), protocol: amqp\b", done.stdout)}
 
     def refusal(self) -> str | None:
         """Why this broker cannot be restarted from here, or None."""
@@ -81,6 +100,10 @@ class BrokerRestart:
             return f"the broker runs on {self.host}, not on this machine"
         if shutil.which("rabbitmqctl") is None:
             return "rabbitmqctl is not installed here"
+        if self._ports is None:
+            return "asking the local RabbitMQ node which ports it serves"
+        if self.port not in self._ports:
+            return f"the local RabbitMQ node does not serve port {self.port}: not the one up uses"
         return None
 
     def start(self) -> dict[str, Any]:
@@ -96,20 +119,29 @@ class BrokerRestart:
 
     def _restart(self) -> None:
         started = time.monotonic()
-        for step in (["stop_app"], ["start_app"], ["await_startup"]):
-            done = subprocess.run(
-                ["rabbitmqctl", "-q", *step],
-                capture_output=True,
-                text=True,
-                timeout=RABBITMQCTL_TIMEOUT_S,
-                check=False,
-            )
-            if done.returncode != 0:
-                self.state = "error"
-                self.detail = f"rabbitmqctl {step[0]}: {done.stderr.strip()[-300:]}"
-                return
+        try:
+            try:
+                self._rabbitmqctl("stop_app")
+            finally:  # stopped or not, started again: never leave the broker down
+                self._rabbitmqctl("start_app")
+                self._rabbitmqctl("await_startup")
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            self.state, self.detail = "error", str(exc)[-300:]
+            return
         self.state = "up"
         self.detail = f"restarted in {time.monotonic() - started:.1f}s"
+
+    @staticmethod
+    def _rabbitmqctl(step: str) -> None:
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", step],
+            capture_output=True,
+            text=True,
+            timeout=RABBITMQCTL_TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {step}: {done.stderr.strip()}")
 
     def describe(self) -> dict[str, Any]:
         return {"state": self.state, "detail": self.detail, "refusal": self.refusal()}

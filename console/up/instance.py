@@ -82,15 +82,25 @@ class Instance:
 
 
 def read_state(data_dir: Path) -> UpState | None:
-    """The running ``up`` of ``data_dir``, or None (none, or its process is gone)."""
+    """The running ``up`` of ``data_dir``, or None. The lock says whether one runs (a pid in a
+    file left by a killed ``up`` may belong to another process by now); up.json says where."""
+    if not _locked(data_dir):
+        return None
     try:
-        state = UpState(**json.loads((data_dir / STATE_NAME).read_text()))
+        return UpState(**json.loads((data_dir / STATE_NAME).read_text()))
     except (OSError, ValueError, TypeError):
-        return None
+        return None  # starting: the lock is held, up.json not written yet
+
+
+def _locked(data_dir: Path) -> bool:
     try:
-        os.kill(state.pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, another user's
-    return state
+        probe = (data_dir / LOCK_NAME).open("r")
+    except OSError:
+        return False
+    with probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        return False

@@ -24,7 +24,9 @@ from console.tcp_proxy import TcpProxy
 from console.up.faults import LOOPBACK, StorageLink
 from core.layout import RENDITIONS
 
-#: Any page may read renditions (with a presigned URL: they stay private): what MinIO does.
+#: The player (another origin) may read renditions, as MinIO allows by default. With MinIO the
+#: URLs are presigned and the buckets private; moto checks no signature at all, so the embedded
+#: server is for one user's machine: loopback only, other Host headers refused (s3server.py).
 CORS_RULE = {
     "AllowedOrigins": ["*"],
     "AllowedMethods": ["GET", "HEAD"],

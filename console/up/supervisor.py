@@ -17,6 +17,7 @@ The death signal follows the thread that forked, so that thread lives until they
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from uploader.web.fleet import FleetError
+
+log = logging.getLogger(__name__)
 
 #: Every worker's nodes log this when they consume (worker/nodes.py: control, high, express,
 #: bulk); a worker is "running" once all of them did.
@@ -119,12 +122,14 @@ class Supervisor:
                 raise FleetError(404, "unknown_worker", f"no running worker {name}")
             with suppress(ProcessLookupError):
                 os.killpg(worker.proc.pid, signal.SIGKILL)
-            worker.proc.wait(timeout=10)
-            if worker.state == "stopping":  # on its way out anyway: not restarted
-                return {"killed": name, "pid": worker.proc.pid, "restart_in_s": None}
-            worker.state = "killed"
-            worker.restart_at = time.monotonic() + self._backoff(worker)
-            return {"killed": name, "pid": worker.proc.pid, "restart_in_s": self._backoff(worker)}
+            leaving = worker.state == "stopping"  # on its way out anyway: not restarted
+            if not leaving:
+                worker.state = "killed"
+                worker.restart_at = time.monotonic() + self._backoff(worker)
+        with suppress(subprocess.TimeoutExpired):
+            worker.proc.wait(timeout=10)  # outside the lock: the tick and describe go on
+        restart = None if leaving else self._backoff(worker)
+        return {"killed": name, "pid": worker.proc.pid, "restart_in_s": restart}
 
     def describe(self) -> dict[str, Any]:
         with self._lock:
@@ -133,13 +138,18 @@ class Supervisor:
 
     # --- the loop -------------------------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            with self._lock:
-                self._reap()
-                self._converge()
-            if self._stopping.wait(TICK_S):
-                break
-        self._stop_all()
+        try:
+            while True:
+                with self._lock:
+                    try:
+                        self._reap()
+                        self._converge()
+                    except Exception:  # a spawn that failed (no disk, no descriptors): next tick
+                        log.exception("encodeq up: supervising the workers failed; retrying")
+                if self._stopping.wait(TICK_S):
+                    break
+        finally:  # this thread's end sends the workers SIGTERM anyway (pdeathsig): stop them
+            self._stop_all()
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -161,7 +171,7 @@ class Supervisor:
         live = [w for w in self.workers if w.state != "stopping"]
         for w in sorted(live, key=_index)[self.target :]:
             self._stop(w)
-        taken = {_index(w) for w in live}
+        taken = {_index(w) for w in self.workers}  # a stopping w2 still holds its name
         missing = self.target - len(live)
         index = 1
         while missing > 0:

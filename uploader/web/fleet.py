@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+#: Workers one fleet may be asked for: a bound, so a typo cannot fork a hundred ffmpeg pools.
+MAX_WORKERS = 16
+
 
 class FleetError(Exception):
     """A fleet action refused: a stable code and a message for a person."""
@@ -37,6 +40,10 @@ class FleetControl(Protocol):
 
     def cut_storage(self, seconds: float) -> dict[str, Any]:
         """Make S3 unreachable for ``seconds``, then bring it back."""
+        ...
+
+    def restore_storage(self) -> dict[str, Any]:
+        """End a cut now, before its time."""
         ...
 
     def restart_broker(self) -> dict[str, Any]:

@@ -15,11 +15,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from uploader.web.errors import ApiError
-from uploader.web.fleet import FleetControl, FleetError
+from uploader.web.fleet import MAX_WORKERS, FleetControl, FleetError
 from uploader.web.state import Web, WebState
 
-#: Workers one page may ask for; a bound so a typo cannot fork a hundred ffmpeg pools.
-MAX_WORKERS = 16
 #: The longest S3 cut a button may ask for.
 MAX_CUT_S = 300
 
@@ -68,6 +66,11 @@ async def kill(name: str, web: Web) -> dict[str, Any]:
 @router.post("/api/chaos/storage-cut", status_code=202)
 async def cut_storage(body: CutRequest, web: Web) -> dict[str, Any]:
     return await _call(web, "cut_storage", body.seconds)
+
+
+@router.delete("/api/chaos/storage-cut")
+async def restore_storage(web: Web) -> dict[str, Any]:
+    return await _call(web, "restore_storage")
 
 
 @router.post("/api/chaos/broker-restart", status_code=202)

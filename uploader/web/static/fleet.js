@@ -21,9 +21,10 @@ function narrate(kind, text) {
   while (list.children.length > NARRATION_MAX) list.lastChild.remove();
 }
 
-async function fleetCall(path, body) {
+async function fleetCall(path, body, method = "POST") {
   try {
-    return await api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}) });
+    const options = method === "DELETE" ? { method } : { method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}) };
+    return await api(path, options);
   } catch (e) {
     narrate("refused", `refused: ${e.message}`);
     return null;
@@ -47,6 +48,7 @@ function renderFleet(doc) {
   }));
   const storage = doc.storage || {};
   $("#cut-s3").disabled = Boolean(storage.cut_until);
+  $("#restore-s3").hidden = !storage.cut_until;
   $("#fleet-storage").textContent = storage.cut_until ? `S3 cut until ${new Date(storage.cut_until).toLocaleTimeString()}` : `S3 ${storage.kind} at ${storage.endpoint}`;
   const broker = doc.broker || {};
   $("#restart-broker").disabled = Boolean(broker.refusal) || broker.state === "restarting";
@@ -59,9 +61,9 @@ function narrateFleetChanges(before, doc) {
   const was = new Map((before.workers || []).map((w) => [w.name, w]));
   for (const w of doc.workers || []) {
     const old = was.get(w.name);
-    if (old && old.state !== w.state && w.state === "running") {
-      narrate("worker", old.pid !== w.pid ? `${w.name} restarted by up (pid ${w.pid}) and consumes again` : `${w.name} consumes (all four nodes ready)`);
-    }
+    if (old && w.restarts > old.restarts) narrate("worker", `${w.name} restarted by up (pid ${w.pid}, restart ${w.restarts})`);
+    else if (old && old.state !== w.state && w.state === "exited") narrate("worker", `${w.name} died unasked: up restarts it after a backoff`);
+    if (old && old.state !== w.state && w.state === "running") narrate("worker", `${w.name} consumes (all four nodes ready)`);
     if (!old) narrate("worker", `${w.name} starting (pid ${w.pid})`);
   }
   for (const name of was.keys()) {
@@ -112,7 +114,13 @@ async function cutStorage() {
   if (done) narrate("storage", `S3 cut for ${seconds}s: open connections dropped, new ones refused. Tasks that read or write S3 now fail and Celery retries them with backoff; a task that runs out of retries is dead-lettered.`);
 }
 
+async function restoreStorage() {
+  const done = await fleetCall("/api/chaos/storage-cut", undefined, "DELETE");
+  if (done) narrate("storage", "S3 restored before its time");
+}
+
 async function restartBroker() {
+  if (!window.confirm("Restart RabbitMQ on this machine? Every connection to it drops, other vhosts' too.")) return;
   const done = await fleetCall("/api/chaos/broker-restart");
   if (done) narrate("broker", "RabbitMQ stopping (rabbitmqctl stop_app): every connection drops. Messages stay in the durable quorum queues; the ones workers held unacked will be delivered again.");
 }
@@ -147,6 +155,7 @@ function setupFleet() {
   $("#scale-up").addEventListener("click", () => fleet.last && fleetCall("/api/fleet/scale", { workers: fleet.last.target + 1 }));
   $("#scale-down").addEventListener("click", () => fleet.last && fleet.last.target > 0 && fleetCall("/api/fleet/scale", { workers: fleet.last.target - 1 }));
   $("#cut-s3").addEventListener("click", cutStorage);
+  $("#restore-s3").addEventListener("click", restoreStorage);
   $("#restart-broker").addEventListener("click", restartBroker);
   $("#poison").addEventListener("click", poisonUpload);
   document.addEventListener("encodeq:event", (e) => narrateEvent(e.detail));
