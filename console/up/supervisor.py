@@ -192,10 +192,10 @@ class Supervisor:
 
     def _spawn(self, name: str) -> ManagedWorker:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / f"{name}.log"
+        log_path = self.log_dir / f"{name}.log"
         argv = [sys.executable, "-m", "worker", "--concurrency", "1", "--hostname", f"{name}@%h"]
         argv = [*DIE_WITH_UP, *argv]
-        with log.open("ab") as out:
+        with log_path.open("ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
             out.flush()
             offset = out.tell()
@@ -207,7 +207,7 @@ class Supervisor:
                 env=self.env,
                 start_new_session=True,
             )
-        return ManagedWorker(name, log, proc, log_offset=offset)
+        return ManagedWorker(name, log_path, proc, log_offset=offset)
 
     def _stop(self, w: ManagedWorker) -> None:
         """Warm: SIGTERM to the worker (it forwards to its nodes); reaped when it has exited."""
