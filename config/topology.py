@@ -56,6 +56,16 @@ PROBE_TASK = "encodeq.probe"
 ENCODE_RUNG_TASK = "encodeq.encode"
 
 #: Work queue -> its routing key on the work exchange.
+#: A worker's node per queue (worker/nodes.py) is named ``NAME@host.<suffix>``, and its process
+#: ``encodeq-<suffix>``; a node of any other queue is ``.node``.
+NODE_SUFFIXES: dict[str, str] = {
+    CONTROL_QUEUE_NAME: "control",
+    ENCODE_HIGH_QUEUE_NAME: "high",
+    ENCODE_QUEUE_NAME: "bulk",
+    ENCODE_EXPRESS_QUEUE_NAME: "express",
+}
+OTHER_NODE_SUFFIX = "node"
+
 WORK_QUEUE_KEYS: dict[str, str] = {
     CONTROL_QUEUE_NAME: "control",
     ENCODE_QUEUE_NAME: "encode",

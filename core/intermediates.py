@@ -6,44 +6,51 @@ job's master names each rung's finished playlist instead.
 They belong to the job, not to a mode: a chunked job that went per rung midway has some too. They
 go when the job completes (worker/finalize.py), when it is cancelled (uploader/cancel.py, and the
 janitor for what a task still uploaded after that), or when a failed job's replay window has
-passed (worker/janitor.py); until then a replayed message finds what it needs.
+passed (worker/janitor.py); until then a replayed message finds what it needs. A failed job's
+live playlists go at once, with each failure (worker/failure_handling.py): they would promise a
+player segments that never come.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 from core.layout import (
     LIVE_PLAYLIST_NAME,
     RENDITIONS,
     UPLOADS,
     chunks_prefix,
+    job_prefix,
     live_master_key,
-    rendition_prefix,
 )
 from core.storage import Storage
 
 logger = logging.getLogger(__name__)
 
 
-def remove_intermediates(storage: Storage, job_id: str, rungs: Iterable[str] = ()) -> int:
-    """Delete the job's intermediate objects (and the live playlists of ``rungs``); how many
-    there were."""
-    removed = storage.remove_prefix(UPLOADS, chunks_prefix(job_id))
-    if rungs:
-        removed += storage.remove_prefix(RENDITIONS, live_master_key(job_id))
-    for rung in rungs:
-        live = rendition_prefix(job_id, rung) + LIVE_PLAYLIST_NAME
-        removed += storage.remove_prefix(RENDITIONS, live)
+def remove_intermediates(storage: Storage, job_id: str) -> int:
+    """Delete the job's intermediate objects: its chunks, live playlists and live master; how
+    many there were."""
+    return storage.remove_prefix(UPLOADS, chunks_prefix(job_id)) + remove_live(storage, job_id)
+
+
+def remove_live(storage: Storage, job_id: str) -> int:
+    """Delete what a player follows while the job encodes: every rung's live playlist and the
+    live master. A job that completed names its finished playlists; one that failed or was
+    cancelled will not grow, and a player must not wait for segments that never come (a replay
+    that reopens it publishes them again)."""
+    removed = storage.remove_prefix(RENDITIONS, live_master_key(job_id))
+    for key in list(storage.list_keys(RENDITIONS, job_prefix(job_id))):
+        if key.rsplit("/", 1)[-1] == LIVE_PLAYLIST_NAME:
+            removed += storage.remove_prefix(RENDITIONS, key)
     return removed
 
 
-def remove_intermediates_quietly(storage: Storage, job_id: str, rungs: Iterable[str] = ()) -> None:
+def remove_intermediates_quietly(storage: Storage, job_id: str) -> None:
     """``remove_intermediates``, best effort: a leftover costs storage, never correctness, so a
     failure here must not fail the job that is being completed."""
     try:
-        removed = remove_intermediates(storage, job_id, rungs)
+        removed = remove_intermediates(storage, job_id)
         logger.info("job %s: removed %d intermediate objects", job_id, removed)
     except Exception:
         logger.warning("job %s: could not remove its intermediate objects", job_id, exc_info=True)

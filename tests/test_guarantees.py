@@ -10,10 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,6 +19,7 @@ from support.broker import broker, scratch_vhost
 from support.commands import dlq_json, encodeq, upload_job
 from support.dlq import death_reason, dlq_for, dlq_messages
 from support.events import Events
+from support.fleet import slow_motion
 from support.media import decoded_frames, make_video
 from support.storage import (
     assert_plays_every_frame,
@@ -41,30 +39,6 @@ from core.storage import parse_uri
 
 #: Chunked mode with 2 s chunks and segments, so a short source has several chunks.
 CHUNKED_ENV = {"ENCODEQ_CHUNK_SECONDS": "2", "ENCODEQ_STRAGGLER_MIN_S": "600"}
-
-
-@contextlib.contextmanager
-def slow_motion(pids: list[int], share: float = 0.1) -> Iterator[None]:
-    """Run stopped processes at ``share`` of their speed for the block (SIGCONT, SIGSTOP in
-    turns), stopped again after it: they progress, but cannot finish before the test acts."""
-    done = threading.Event()
-
-    def crawl() -> None:
-        while not done.is_set():
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
-            time.sleep(0.5 * share)
-            for pid in pids:
-                os.kill(pid, signal.SIGSTOP)
-            done.wait(0.5 * (1 - share))
-
-    thread = threading.Thread(target=crawl, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
 
 
 # --- 1: a replayed dead letter completes its job, in chunked mode too -----------------------------

@@ -6,22 +6,26 @@ The corpus is generated here, never downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import struct
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from support.commands import encodeq, upload_and_wait
+from support.commands import encodeq, upload_and_wait, upload_job
 from support.dlq import dlq_for
-from support.fleet import WorkerFleet
+from support.fleet import WorkerFleet, hold_ffmpeg, slow_motion
 from support.media import ffmpeg, make_video
-from support.storage import storage
+from support.storage import storage, wait_for_job
+from support.waiting import wait_for
 
 from core.failures import load_failure
+from core.layout import RENDITIONS, job_prefix, live_master_key
 
 
 def _good(folder: Path) -> Path:
@@ -182,8 +186,39 @@ def test_hostile_upload_fails_fast_with_its_code(name: str, results: dict[str, d
     # nothing published that looks complete
     assert manifest["master_playlist"] is None
     assert all(r["state"] != "completed" for r in manifest["renditions"])
-    keys = list(storage().list_keys("renditions", f"{manifest['job_id']}/"))
-    assert not [k for k in keys if k.endswith(".m3u8")]
+    assert wait_for(lambda: not _playlists(manifest["job_id"]), 60, "no playlist of a failed job")
+
+
+def _playlists(job_id: str) -> list[str]:
+    """Every playlist of the job in storage (a sibling task still failing may have one a moment
+    longer: each failure removes what the job's tasks published live)."""
+    return [k for k in storage().list_keys(RENDITIONS, job_prefix(job_id)) if k.endswith(".m3u8")]
+
+
+@pytest.mark.slow
+def test_a_failed_job_leaves_no_live_playlist(workers, media_dir: Path) -> None:
+    """A source cut short goes live (its lowest rung's live playlist and the live master are
+    published), then every encode fails at the cut: the failed job must not leave a playlist
+    that promises a player segments that never come."""
+    folder = media_dir / "cut-live"
+    folder.mkdir(exist_ok=True)
+    whole = make_video(folder / "whole.mp4", 640, 360, duration=24)
+    moved = folder / "faststart.mp4"
+    ffmpeg("-i", str(whole), "-c", "copy", "-movflags", "+faststart", str(moved))
+    cut = folder / "cut.mp4"
+    cut.write_bytes(moved.read_bytes()[: moved.stat().st_size // 2])
+    workers.start("cut-live", env={"ENCODEQ_FFMPEG_THREADS": "1"})
+    job_id = upload_job(cut, "--mode", "per-rung")
+    held = hold_ffmpeg(job_id, also="hls_time")
+    try:
+        with slow_motion([held]):  # live before it reaches the cut, however fast the machine
+            wait_for(lambda: storage().get_bytes(RENDITIONS, live_master_key(job_id)), 120, "live")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(held, signal.SIGCONT)
+    manifest = wait_for_job(job_id, 120)
+    assert manifest.state == "failed" and manifest.error.code == "truncated_source"
+    assert wait_for(lambda: not _playlists(job_id), 60, "no playlist of the failed job")
 
 
 def test_output_size_limit_stops_a_runaway_encode(workers, media_dir: Path) -> None:

@@ -24,6 +24,7 @@ from support.events import Events
 from support.fleet import Worker, hold_ffmpeg
 from support.media import make_video
 
+from config.settings import Settings
 from config.topology import CONTROL_QUEUE_NAME, WORK_QUEUE_KEYS
 from console.tcp_proxy import TcpProxy
 from core.errors import PermanentError
@@ -32,7 +33,7 @@ from core.storage import Storage
 from core.timeline import Timeline
 from worker import nodes
 from worker.task_events import outcome_of
-from worker.task_runs import NODE_SUFFIXES, label_of, queue_of, worker_hostname
+from worker.task_runs import label_of, queue_of, worker_hostname
 
 KEYS = ("task.*", "job.*")
 
@@ -278,7 +279,10 @@ def test_outcomes_labels_queues_and_lanes() -> None:
     assert label_of("encode_audio", {}) == "audio"
     assert worker_hostname("w1@host.example.bulk") == "w1@host.example"
     assert worker_hostname("w1@host") == "w1@host"
-    assert set(NODE_SUFFIXES) == {*nodes.SUFFIXES.values(), "node"}
+    # Every node a worker forks is on its worker's lane, whatever its queue.
+    own, others = nodes.plan(list(WORK_QUEUE_KEYS), 1, Settings())
+    for node in (own, *others):
+        assert worker_hostname(nodes.hostname_of("w1@host.example", node)) == "w1@host.example"
     assert queue_of({"routing_key": "1.0.1.encode.express"}, []) == "encodeq.encode.express"
     assert queue_of({"routing_key": "encode"}, []) == "encodeq.encode"
     assert queue_of({}, ["encodeq.control"]) == "encodeq.control"

@@ -43,6 +43,7 @@ def _rendition_bytes(playlist_uri: str) -> dict[str, bytes]:
     return {name: s.get_bytes(RENDITIONS, name) for name in s.list_keys(RENDITIONS, folder)}
 
 
+@pytest.mark.slow
 def test_up_scales_stops_warm_and_keeps_its_jobs(
     s3_nowhere: str, tmp_path: Path, media_dir: Path
 ) -> None:
@@ -94,6 +95,7 @@ def test_up_scales_stops_warm_and_keeps_its_jobs(
             up.interrupt()
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_by_up(s3_nowhere: str, tmp_path: Path) -> None:
     up = Up(tmp_path / "data", workers=1)
     try:

@@ -30,6 +30,7 @@ from config.settings import get_settings
 from core.errors import PermanentError
 from core.events import emit
 from core.failures import FailureRecord, message_key, save_failure, tail
+from core.intermediates import remove_live
 from core.job_model import ErrorInfo, is_job_id
 from core.manifest import JobStore
 from core.storage import Storage
@@ -110,6 +111,9 @@ def _apply_job_failure(app: Celery, failure: dict[str, Any]) -> None:
     if job is None or job.state == "completed":
         return
     jobs.set_state(job_id, "failed", ErrorInfo(code=code, message=message))
+    # Each failure, not only the first: a sibling task may have published its live playlist
+    # after the first one's cleanup, and fails in its turn (a source cut short fails them all).
+    remove_live(jobs.storage, job_id)
     if rendition:
         record = jobs.load_rendition(job_id, rendition)
         if record is not None and record.state != "completed":

@@ -110,7 +110,7 @@ def finalize(self: Task, job_id: str) -> None:
     # In either mode: a job that went per rung after its chunks began (a chunk no decode could
     # give its frames) may have chunk outputs uploaded already. The live playlists go after the
     # master that named them was replaced.
-    remove_intermediates_quietly(storage, job_id, [r.name for r in manifest.renditions])
+    remove_intermediates_quietly(storage, job_id)
     job = jobs.load_job(job_id)  # again: a failure handler may have written it meanwhile
     assert job is not None
     # Every rendition is done, so the job is: a failure recorded meanwhile (a late duplicate

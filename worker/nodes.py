@@ -29,8 +29,8 @@ from config.settings import Settings, get_settings
 from config.topology import (
     CONTROL_QUEUE_NAME,
     ENCODE_EXPRESS_QUEUE_NAME,
-    ENCODE_HIGH_QUEUE_NAME,
-    ENCODE_QUEUE_NAME,
+    NODE_SUFFIXES,
+    OTHER_NODE_SUFFIX,
     with_lanes,
 )
 from worker.lanes import niceness
@@ -38,15 +38,6 @@ from worker.lanes import niceness
 #: prctl(2) options: the signal this process gets when its parent dies; its name (``comm``).
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
-
-#: A forked node's hostname suffix and process name (``/proc/PID/comm``, ``ps``, ``top``: it
-#: shares the worker's command line, being a fork of it).
-SUFFIXES = {
-    CONTROL_QUEUE_NAME: "control",
-    ENCODE_HIGH_QUEUE_NAME: "high",
-    ENCODE_QUEUE_NAME: "bulk",
-    ENCODE_EXPRESS_QUEUE_NAME: "express",
-}
 
 #: ``run(concurrency, loglevel, hostname, queue)``: a Celery worker node in this process.
 NodeRunner = Callable[[int, str, str, str], None]
@@ -93,11 +84,12 @@ def enter(node: Node) -> None:
 def hostname_of(hostname: str, node: Node) -> str:
     """``name@host`` -> ``name@host.control`` (``.high``, ``.bulk``...): the same worker name
     (``name@`` finds every node of a worker), distinct Celery nodes."""
-    return f"{hostname}.{SUFFIXES.get(node.queue, 'node')}"
+    return f"{hostname}.{NODE_SUFFIXES.get(node.queue, OTHER_NODE_SUFFIX)}"
 
 
 def process_name(node: Node) -> bytes:
-    return f"encodeq-{SUFFIXES.get(node.queue, 'node')}".encode()
+    # The process name (``/proc/PID/comm``, ``ps``, ``top``): a fork shares the command line.
+    return f"encodeq-{NODE_SUFFIXES.get(node.queue, OTHER_NODE_SUFFIX)}".encode()
 
 
 def start_all(hostname: str, others: list[Node], loglevel: str, run: NodeRunner) -> list[int]:

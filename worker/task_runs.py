@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from config.topology import WORK_QUEUE_KEYS
+from config.topology import NODE_SUFFIXES, OTHER_NODE_SUFFIX, WORK_QUEUE_KEYS
 from core.events import emit
 
 logger = logging.getLogger(__name__)
@@ -22,10 +22,6 @@ logger = logging.getLogger(__name__)
 PREFIX = "encodeq."
 #: A label is read at a glance; an odd argument (a bad message) is cut short.
 MAX_LABEL = 40
-#: The hostname suffixes of a worker's forked nodes, as worker/nodes.py names them (it cannot be
-#: imported here: it reaches the app, which imports the failure handling that imports this; a
-#: test holds the two equal).
-NODE_SUFFIXES = ("control", "high", "bulk", "express", "node")
 
 
 def kind_of(name: str | None) -> str:
@@ -65,7 +61,7 @@ def worker_hostname(node: str | None) -> str | None:
     The worker's own process is a node too (the express lane), named as the worker."""
     if not node:
         return None
-    for suffix in NODE_SUFFIXES:
+    for suffix in (*NODE_SUFFIXES.values(), OTHER_NODE_SUFFIX):
         if node.endswith(f".{suffix}"):
             return node[: -len(suffix) - 1]
     return node

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -269,3 +270,27 @@ def kill_processes_with(fragment: str) -> None:
     for pid in processes_with(fragment):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+@contextmanager
+def slow_motion(pids: list[int], share: float = 0.1) -> Iterator[None]:
+    """Run stopped processes at ``share`` of their speed for the block (SIGCONT, SIGSTOP in
+    turns), stopped again after it: they progress, but cannot finish before the test acts."""
+    done = threading.Event()
+
+    def crawl() -> None:
+        while not done.is_set():
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+            time.sleep(0.5 * share)
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            done.wait(0.5 * (1 - share))
+
+    thread = threading.Thread(target=crawl, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
