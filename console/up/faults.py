@@ -63,6 +63,20 @@ class StorageLink:
             self.cut_until, self._timer = None, None
         return {"storage": "up"}
 
+    def describe(self) -> dict[str, Any]:
+        until = self.cut_until
+        return {
+            "kind": self.kind,
+            "endpoint": self.proxy.endpoint,
+            "cut_until": _iso(until) if until else None,
+        }
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.proxy.cut()
+
 
 class BrokerRestart:
     """Restarts the local RabbitMQ node with rabbitmqctl; refused where ``up`` may not."""
