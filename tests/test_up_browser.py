@@ -69,13 +69,13 @@ def test_up_in_the_browser(
 
             job_id = upload_through_page(page, str(source))
             row = f'tr[data-job-id="{job_id}"]'
-            with held_ffmpeg(job_id, timeout=120) as ffmpeg:
+            with held_ffmpeg(job_id, timeout=120, also="hls_time") as ffmpeg:  # an encode's
                 workers = {w["pid"]: w["name"] for w in up.fleet()["workers"]}
                 name = worker_holding(ffmpeg, workers)
-                lane = f'.lane[data-worker^="{name}@"]'
-                held = page.eval_on_selector_all(
-                    f'{lane} .bar[data-outcome="running"]', "bs => bs.map(b => b.dataset.taskId)"
-                )
+                # Its bar, once the page has the task's start: the task the kill takes away.
+                running = '.bar[data-kind="encode"][data-outcome="running"]'
+                bar = page.wait_for_selector(f'.lane[data-worker^="{name}@"] {running}')
+                held = [bar.get_attribute("data-task-id")]
                 page.click(f'#fleet-workers [data-kill="{name}"]')
                 page.wait_for_selector('#narration li[data-kind="kill"]')
             # The held task comes back (RabbitMQ requeues what a dead connection held unacked)

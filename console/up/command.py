@@ -153,8 +153,9 @@ def scale(
         fleet = _api(state, "/api/fleet")
         staying = [w for w in fleet["workers"] if w["state"] != "stopping"]
         running = [w for w in staying if w["state"] == "running"]
-        if len(staying) == len(running) == workers == fleet["consumers"]:
-            break  # a worker still finishing its task warm no longer counts
+        counts = set((fleet.get("consumers_by_queue") or {None: None}).values())
+        if len(staying) == len(running) == workers and counts == {workers}:
+            break  # a worker finishing its task warm counts no more once it stopped consuming
         if time.monotonic() - started > timeout:
             seen = fleet["consumers"]
             broker = "the broker does not answer" if seen is None else f"the broker sees {seen}"

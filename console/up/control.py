@@ -8,31 +8,33 @@ from typing import Any
 
 from kombu import Connection
 
-from config.topology import ENCODE_QUEUE_NAME
+from config.topology import WORK_QUEUE_KEYS
 from console.up.faults import BrokerRestart, StorageLink
 from console.up.supervisor import Supervisor
 from core.queue_depths import queue_depths
 
 
 class ConsumerCount:
-    """Consumers of the encode queue as RabbitMQ reports them: the truth about who competes
-    (a process that runs is not yet a consumer). One connection, reopened after a broker loss."""
+    """Consumers of every work queue as RabbitMQ reports them: the truth about who competes (a
+    process that runs is not yet a consumer, one stopping warm may still be one). One
+    connection, reopened after a broker loss; None while the broker does not answer."""
 
     def __init__(self, broker_url: str) -> None:
         self.broker_url = broker_url
         self._conn: Connection | None = None
         self._lock = threading.Lock()
 
-    def __call__(self) -> int | None:
+    def __call__(self) -> dict[str, int | None] | None:
         with self._lock:
             try:
                 if self._conn is None:
                     self._conn = Connection(self.broker_url, connect_timeout=2)
                     self._conn.ensure_connection(max_retries=1)
-                return queue_depths(self._conn, (ENCODE_QUEUE_NAME,))[0].consumers
+                depths = queue_depths(self._conn, tuple(WORK_QUEUE_KEYS))
             except Exception:  # broker away (restarting, cut): unknown, asked again next time
                 self.close()
                 return None
+        return {d.name: d.consumers for d in depths}
 
     def close(self) -> None:
         if self._conn is not None:

@@ -39,6 +39,9 @@ def port_free(port: int | None, host: str = "127.0.0.1") -> bool:
     if not port:
         return False
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        # As the proxy binds it: a restart finds its port free though the last run's
+        # connections linger in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from config.topology import ENCODE_QUEUE_NAME
 from uploader.web.fleet import FleetError
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,10 @@ class Supervisor:
     """The fleet of one ``encodeq up``; ``consumers()`` asks the broker who consumes."""
 
     def __init__(
-        self, log_dir: Path, env: dict[str, str], consumers: Callable[[], int | None]
+        self,
+        log_dir: Path,
+        env: dict[str, str],
+        consumers: Callable[[], dict[str, int | None] | None],
     ) -> None:
         self.log_dir = log_dir
         self.env = env
@@ -132,9 +136,17 @@ class Supervisor:
         return {"killed": name, "pid": worker.proc.pid, "restart_in_s": restart}
 
     def describe(self) -> dict[str, Any]:
+        """The workers, and the consumers the broker counts: of the encode queue (the page's
+        figure) and of every work queue (``encodeq scale`` waits until each has the target)."""
         with self._lock:
             workers = [w.as_json() for w in self.workers]
-        return {"target": self.target, "workers": workers, "consumers": self.consumers()}
+        by_queue = self.consumers()
+        return {
+            "target": self.target,
+            "workers": workers,
+            "consumers": None if by_queue is None else by_queue.get(ENCODE_QUEUE_NAME),
+            "consumers_by_queue": by_queue,
+        }
 
     # --- the loop -------------------------------------------------------------------------------
     def _run(self) -> None:

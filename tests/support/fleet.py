@@ -192,6 +192,22 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live process below it (a worker, its forked nodes, their pools)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = parent_of(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return [p for p in tree if proc_state(p) not in (None, "Z")]
+
+
 def worker_holding(pid: int, workers: dict[int, str]) -> str:
     """Which of ``workers`` (pid -> name) runs ``pid`` somewhere in its process tree."""
     while pid > 1:

@@ -28,8 +28,13 @@ class Up:
             env={**os.environ, **(env or {})},
             start_new_session=True,  # a Ctrl-C here is ours to send, to up alone
         )
-        self.state: dict[str, Any] = wait_for(self._published, 90, "encodeq up's up.json")
-        wait_for(self._answers, 60, "encodeq up's dashboard")
+        try:
+            self.state: dict[str, Any] = wait_for(self._published, 90, "encodeq up's up.json")
+            wait_for(self._answers, 60, "encodeq up's dashboard")
+        except BaseException:
+            self.proc.send_signal(signal.SIGINT)  # a failed start leaves nothing running
+            self.proc.wait(timeout=90)
+            raise
 
     def _answers(self) -> bool:
         try:
@@ -41,9 +46,10 @@ class Up:
         if self.proc.poll() is not None:
             raise AssertionError(f"encodeq up exited {self.proc.returncode}:\n{self.output()}")
         try:
-            return json.loads((self.data_dir / "up.json").read_text())
+            state = json.loads((self.data_dir / "up.json").read_text())
         except (OSError, ValueError):
             return None
+        return state if state.get("pid") == self.proc.pid else None  # not a killed one's
 
     @property
     def base(self) -> str:
@@ -73,14 +79,19 @@ class Up:
         """The workers, once exactly ``count`` run and the broker sees ``count`` consumers."""
         doc = self.fleet()
         running = [w for w in doc["workers"] if w["state"] == "running"]
-        if len(doc["workers"]) == len(running) == count == doc["consumers"]:
+        counts = set((doc["consumers_by_queue"] or {None: None}).values())
+        if len(doc["workers"]) == len(running) == count and counts == {count}:
             return running
         return None
 
     def interrupt(self, timeout: float = 90) -> int:
         """Ctrl-C, as a terminal sends it to the foreground process, and its exit code."""
         self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout=timeout)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()  # never left running: its workers would take the next test's tasks
+            raise
 
     def kill(self) -> None:
         if self.proc.poll() is None:
