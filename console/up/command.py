@@ -116,7 +116,8 @@ def _guide(console: Console, state: UpState, count: int, configured: str, took: 
         f" logs in {state.data_dir}/logs\n"
         "  Upload a video on the page (or `encodeq upload FILE` in another terminal), watch the"
         " timeline, then break something with the page's buttons.\n"
-        "  `encodeq scale N` changes the workers; `encodeq watch` and `encodeq dlq list` work"
+        f"  `encodeq scale N{_data_dir_option(state.data_dir)}` changes the workers;"
+        " `encodeq watch` and `encodeq dlq list` work"
         " from another terminal"
         + (
             ""
@@ -125,6 +126,10 @@ def _guide(console: Console, state: UpState, count: int, configured: str, took: 
         )
         + ".\n  Ctrl-C stops everything, warm: tasks in hand finish or go back to their queue.\n"
     )
+
+
+def _data_dir_option(data_dir: str) -> str:
+    return "" if Path(data_dir) == default_data_dir().resolve() else f" --data-dir {data_dir}"
 
 
 def _serve_until_interrupted(app: Any, port: int) -> None:
