@@ -145,6 +145,7 @@ def test_every_run_of_a_chunked_job_starts_and_ends_once(workers, media_dir) -> 
     assert {kinds[j] for j in joins} == {"join"} and {kinds[w] for w in whole} == {"encode"}
 
 
+@pytest.mark.slow
 def test_a_run_whose_worker_dies_starts_again_redelivered(workers, media_dir) -> None:
     doomed = workers.start("doomed")
     source = make_video(media_dir / "runs-redelivered.mp4", 426, 240, duration=6)
@@ -187,6 +188,7 @@ def test_a_run_whose_worker_dies_starts_again_redelivered(workers, media_dir) ->
     assert rescuer.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_a_killed_pool_process_ends_its_run_lost(workers, media_dir) -> None:
     """The worker's main process sees its pool process die and ends the run itself: ``lost``,
     the message back in the queue; it starts again, redelivered, on the same worker."""
@@ -220,6 +222,7 @@ def test_a_killed_pool_process_ends_its_run_lost(workers, media_dir) -> None:
     assert worker.proc.poll() is None  # the worker lived on
 
 
+@pytest.mark.slow
 def test_a_retried_run_ends_retry_with_its_countdown_then_runs_again(workers, media_dir) -> None:
     """S3 cut under the probe: its run ends ``retry`` with the countdown Celery chose (jitter off:
     the backoff itself); the same task id runs again, ``retries`` 1, once S3 is back."""

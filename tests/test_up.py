@@ -112,6 +112,7 @@ def test_a_killed_worker_is_restarted_by_up(s3_nowhere: str, tmp_path: Path) -> 
         assert up.interrupt() == 0, up.output()[-3000:]
 
 
+@pytest.mark.slow
 def test_a_killed_up_stops_its_workers_and_a_new_one_starts(
     s3_nowhere: str, tmp_path: Path
 ) -> None:
