@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support.broker import consumers
 from support.commands import encodeq, upload_job
-from support.fleet import process_tree
+from support.fleet import proc_state, process_tree
 from support.media import make_video
 from support.storage import assert_plays_every_frame, storage, wait_for_job
 from support.up import Up
@@ -103,7 +103,7 @@ def test_a_killed_worker_is_restarted_by_up(s3_nowhere: str, tmp_path: Path) -> 
         [before] = wait_for(lambda: up.running(1), 90, "one worker consuming")
         status, done = up.api("POST", "/api/fleet/workers/w1/kill")
         assert status == 200 and done["pid"] == before["pid"], done
-        assert not Path(f"/proc/{before['pid']}").exists() or _zombie(before["pid"])
+        assert _gone(before["pid"])
         [after] = wait_for(lambda: up.running(1), 90, "w1 restarted and consuming")
         assert after["name"] == "w1" and after["pid"] != before["pid"] and after["restarts"] == 1
         status, refused = up.api("POST", "/api/fleet/workers/w9/kill")
@@ -141,11 +141,4 @@ def test_scale_without_up_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _gone(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists() or _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    return proc_state(pid) in (None, "Z")  # exited, or a zombie its parent has yet to reap
