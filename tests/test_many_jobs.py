@@ -125,6 +125,7 @@ def test_a_high_priority_job_overtakes_normal_ones(workers, media_dir) -> None:
 LANES_ENV = {"ENCODEQ_EXPRESS_MAX_S": "8", "ENCODEQ_CHUNK_SECONDS": "4"}
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_a_clip_never_waits_for_a_long_jobs_task_in_hand(workers, media_dir) -> None:
     """One worker, one process per lane. A long job's chunk encode is held (SIGSTOP) in the bulk
     lane; a clip uploaded meanwhile completes while it is still held: the clip's lane has its own
@@ -148,6 +149,7 @@ def test_a_clip_never_waits_for_a_long_jobs_task_in_hand(workers, media_dir) -> 
     assert (nice[control], nice[high], nice[worker.pid], nice[bulk]) == (0, 0, 10, 19)
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_a_chunked_job_plays_before_any_chunk_is_encoded(workers, media_dir, tmp_path) -> None:
     """Chunked mode encodes the lowest rung from the whole source in a task of its own: with the
     first chunk encode held (and the bulk lane's one process with it), the job already plays,
@@ -194,7 +196,8 @@ def _cancel_while_held(job_id: str, held: int) -> float:
     return took
 
 
-@pytest.mark.parametrize("moment", ["chunk", pytest.param("join", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the default suite's time budget
+@pytest.mark.parametrize("moment", ["chunk", "join"])
 def test_cancel_stops_the_job_everywhere_and_leaves_nothing(workers, media_dir, moment) -> None:
     """Cancel mid-chunk (a chunk's ffmpeg held) or mid-join: no ffmpeg of the job is left within
     2 s, the job is cancelled, its queued tasks are dropped as they come up (not retried, not
