@@ -1,5 +1,5 @@
 """The ``encodeq`` command: worker, upload, status, jobs, cancel, dlq, demo, watch, serve, up,
-scale.
+scale, learn.
 
 A thin Typer app: each command lives with what it does and is mounted here under its name. The
 services' own entry points are mounted as they are (``worker/main.py``, ``uploader/web/main.py``,
@@ -13,6 +13,7 @@ import typer
 from config.settings import get_settings
 from console import jobs, minio_setup, upload, watch
 from console.demo import tour
+from console.learn import command as learn_command
 from console.up import command as up_command
 from dlq_inspector.cli import app as dlq_app
 from uploader.web import main as web_main
@@ -36,6 +37,7 @@ app.command("serve")(web_main.serve)
 app.command("minio-setup")(minio_setup.command)
 app.command()(up_command.up)
 app.command()(up_command.scale)
+app.command()(learn_command.learn)
 
 
 @app.callback()

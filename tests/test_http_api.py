@@ -470,6 +470,7 @@ PATH_SAMPLES = {
     "rendition": "360p",
     "message_id": "0" * 12,
     "name": "nobody",
+    "run_id": "0" * 12,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 #: What a counter may hold: counts, seconds, names.
@@ -47,6 +48,11 @@ class LessonContext:
     narrator: Narrator
     rng: random.Random
     knobs: dict[str, Counter] = field(default_factory=dict)
+    #: The scratch space's ``ENCODEQ_*`` (broker URL, S3 endpoint and keys, a bucket prefix of its
+    #: own): what the worker processes a scenario starts get, and its own ``Settings``.
+    env: dict[str, str] = field(default_factory=dict)
+    #: A folder of the run's own (sources, worker logs), removed afterwards; None: none was made.
+    workdir: Path | None = None
 
     def knob(self, name: str, default: Counter) -> Counter:
         return self.knobs.get(name, default)

@@ -29,6 +29,7 @@ from console.demo.stack import (
     signals_ignored,
     sigterm_as_interrupt,
 )
+from console.learn.dashboard import LessonRunner
 from console.terminal import err, fail, out
 from console.up.control import ConsumerCount, UpControl
 from console.up.faults import BrokerRestart
@@ -99,8 +100,10 @@ def _bring_up(
     stack.callback(fleet.stop)
     fleet.start(count)
     control = UpControl(fleet, link, BrokerRestart(settings.broker_url))
+    lessons = LessonRunner()  # the page's lessons, each in a scratch vhost of its own
+    stack.callback(lessons.stop)
     try:
-        app, token, _ = prepare(HOST, settings, fleet=control)
+        app, token, _ = prepare(HOST, settings, fleet=control, lessons=lessons)
     except ServeError as exc:
         raise DemoError(str(exc)) from None
     state = UpState(
