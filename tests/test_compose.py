@@ -29,6 +29,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
@@ -51,15 +52,32 @@ from config.settings import Settings
 from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
 from console import minio_setup
 from console.s3server import free_port
+from core import metrics
 from core.layout import AUDIT, BUCKETS, FAILURES, JOBS, RENDITIONS, UPLOADS
+from uploader.web.security import allowed_hosts
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 RABBITMQ_CONF = ROOT / "config" / "rabbitmq" / "rabbitmq.conf"
 ENABLED_PLUGINS = ROOT / "config" / "rabbitmq" / "enabled_plugins"
+PROMETHEUS_CONF = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "encodeq.json"
+#: RabbitMQ's Prometheus plugin: its port, and the per-queue families the dashboard reads.
+RABBITMQ_PROMETHEUS_PORT = 15692
+RABBITMQ_FAMILIES = ("queue_coarse_metrics", "queue_consumer_count")
 
-SERVICES = {"minio", "minio-setup", "rabbitmq", "worker", "flower", "uploader"}
+SERVICES = {
+    "minio",
+    "minio-setup",
+    "rabbitmq",
+    "worker",
+    "flower",
+    "uploader",
+    "prometheus",
+    "grafana",
+}
 SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|BASIC_AUTH", re.IGNORECASE)
 INTERPOLATION = re.compile(
     r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
@@ -74,6 +92,7 @@ DOT_ENV = {
     "WORKER_S3_SECRET_KEY": secrets.token_hex(16),
     "DASHBOARD_S3_SECRET_KEY": secrets.token_hex(16),
     "FLOWER_BASIC_AUTH": f"admin:{secrets.token_hex(16)}",
+    "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16),
 }
 
 
@@ -179,6 +198,8 @@ def test_published_ports_listen_on_loopback_unless_told(services: dict) -> None:
         "rabbitmq",
         "flower",
         "uploader",
+        "prometheus",
+        "grafana",
     }
     for name, ports in mappings.items():
         for mapping in ports:
@@ -475,6 +496,146 @@ def test_compose_binary_validates_the_file_offline() -> None:
         assert refused.returncode != 0 and missing in refused.stderr, (missing, refused.stderr)
 
 
+# --- metrics: Prometheus and Grafana ------------------------------------------------------------
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A service's bind mounts of files in this repository: container path -> file here."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, _, rest = str(volume).partition(":")
+        if source.startswith("."):
+            found[rest.split(":")[0]] = (ROOT / source).resolve()
+    return found
+
+
+def scrape_jobs() -> dict[str, dict[str, Any]]:
+    """prometheus.yml's scrape jobs by name, each with ``targets``: [(host, port)]."""
+    jobs = {}
+    for job in yaml.safe_load(PROMETHEUS_CONF.read_text())["scrape_configs"]:
+        written = [t for config in job.get("static_configs", []) for t in config["targets"]]
+        targets = [(host, int(port)) for host, port in (t.rsplit(":", 1) for t in written)]
+        for sd in job.get("dns_sd_configs", []):
+            assert sd["type"] == "A", "one address per replica of a scaled service"
+            targets += [(name, int(sd["port"])) for name in sd["names"]]
+        jobs[job["job_name"]] = {**job, "targets": targets}
+    return jobs
+
+
+@pytest.mark.unit
+def test_prometheus_scrapes_each_service_where_compose_serves_its_metrics(services: dict) -> None:
+    prometheus = services["prometheus"]
+    assert mounts(prometheus)["/etc/prometheus/prometheus.yml"] == PROMETHEUS_CONF
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    jobs = scrape_jobs()
+    for name, job in jobs.items():
+        assert job["targets"] and {h for h, _ in job["targets"]} <= set(services), name
+    # Every worker replica (DNS), on the port its exporter serves, on its container's interfaces.
+    worker = resolved(services["worker"])
+    assert jobs["encodeq-worker"]["targets"] == [("worker", int(worker["ENCODEQ_METRICS_PORT"]))]
+    assert worker["ENCODEQ_METRICS_HOST"] == "0.0.0.0" and "ports" not in services["worker"]
+    # The web service, on its command's port, answering the Host name Prometheus sends.
+    command = argv(services["uploader"])
+    port = int(command[command.index("--port") + 1])
+    assert jobs["encodeq-uploader"]["targets"] == [("uploader", port)]
+    assert jobs["encodeq-uploader"].get("metrics_path", "/metrics") == "/metrics"
+    written = environment(services["uploader"])["ENCODEQ_ALLOWED_HOSTS"]
+    for extra in ({}, {"ENCODEQ_ALLOWED_HOSTS": "encodeq.example.org"}):  # the operator's too
+        hosts = allowed_hosts("0.0.0.0", interpolate(written, {**DOT_ENV, **extra}))
+        assert "uploader" in hosts and set(extra.values()) <= set(hosts), hosts
+    # RabbitMQ's own plugin, enabled: the node, and per queue the families the dashboard reads.
+    assert "rabbitmq_prometheus" in re.findall(r"[a-z_]+", ENABLED_PLUGINS.read_text())
+    rabbit = [j for j in jobs.values() if j["targets"] == [("rabbitmq", RABBITMQ_PROMETHEUS_PORT)]]
+    paths = {j.get("metrics_path", "/metrics"): j.get("params", {}) for j in rabbit}
+    assert set(paths) == {"/metrics", "/metrics/detailed"}
+    assert set(paths["/metrics/detailed"]["family"]) == set(RABBITMQ_FAMILIES)
+
+
+def dashboard_metrics() -> set[str]:
+    """Every metric name the dashboard's queries use."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    return {n for e in exprs for n in re.findall(r"\b(?:encodeq|rabbitmq)_[a-z0-9_]+\b", e)}
+
+
+@pytest.mark.unit
+def test_grafana_is_provisioned_with_the_dashboard_of_our_metrics(services: dict) -> None:
+    grafana = services["grafana"]
+    files = mounts(grafana)
+    provisioning = GRAFANA / "provisioning"
+    assert files["/etc/grafana/provisioning"] == provisioning
+    [source] = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert "127.0.0.1:9090:9090" in published(services["prometheus"])
+    [provider] = yaml.safe_load((provisioning / "dashboards/encodeq.yml").read_text())["providers"]
+    assert files[provider["options"]["path"]] == DASHBOARD.parent
+    home = resolved(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
+    assert "127.0.0.1:3000:3000" in published(grafana)
+    # Only the admin signs in (a password from .env); anyone else who reaches the port views.
+    env = resolved(grafana)
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+        assert panel["targets"], panel["title"]
+    # The panels the issue asks for, by what they query.
+    used = dashboard_metrics()
+    assert {
+        "encodeq_jobs",
+        "encodeq_task_duration_seconds_bucket",
+        "encodeq_rung_encode_seconds_sum",
+        "encodeq_task_retries_total",
+        "encodeq_dead_letters_total",
+        "encodeq_queue_messages",
+        "encodeq_oldest_queued_job_age_seconds",
+        "rabbitmq_detailed_queue_messages_ready",
+    } <= used
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.95," in exprs
+    # Every name of ours is one a scrape of ours shows (core/metrics.py).
+    ours = {n for n in used if n.startswith("encodeq_")}
+    assert ours <= metrics.exposed_names(), ours - metrics.exposed_names()
+
+
+def beam_names(path: Path) -> bytes:
+    """The atoms and literals of a compiled Erlang module (its chunks ``AtU8`` and ``LitT``)."""
+    data = path.read_bytes()
+    assert data[:4] == b"FOR1" and data[8:12] == b"BEAM", path
+    parts, at = [], 12
+    while at + 8 <= len(data):
+        chunk, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "big")
+        body = data[at + 8 : at + 8 + size]
+        if chunk == b"LitT":  # 4 bytes of uncompressed size, then zlib
+            parts.append(zlib.decompress(body[4:]))
+        elif chunk in (b"AtU8", b"Atom"):
+            parts.append(body)
+        at += 8 + (size + 3) // 4 * 4
+    return b"".join(parts)
+
+
+@pytest.mark.unit
+def test_the_dashboards_rabbitmq_metrics_are_the_plugins_own() -> None:
+    """Each ``rabbitmq_`` name the dashboard queries, and each family Prometheus asks for, is one
+    the rabbitmq_prometheus plugin defines (the local server's, when installed)."""
+    plugin = "rabbitmq_server-*/plugins/rabbitmq_prometheus-*/ebin/*.beam"
+    beams = list(Path("/usr/lib/rabbitmq/lib").glob(plugin))
+    if not beams:
+        pytest.skip("no local rabbitmq_prometheus plugin to check the dashboard's names against")
+    names = b"".join(beam_names(b) for b in beams)
+
+    def defined(name: str) -> bool:  # an atom, length-prefixed: not a part of a longer one
+        return bytes([len(name)]) + name.encode() in names
+
+    theirs = {n for n in dashboard_metrics() if n.startswith("rabbitmq_")}
+    assert theirs
+    for name in theirs:  # the detailed endpoint prefixes the plugin's names
+        assert name.startswith("rabbitmq_detailed_"), name
+        assert defined(name.removeprefix("rabbitmq_detailed_")), name
+    assert all(defined(family) for family in RABBITMQ_FAMILIES)
+
+
 # --- the services' commands, run natively ---------------------------------------------------------
 def compose_settings(service: dict[str, Any]) -> dict[str, str]:
     """A service's compose settings, less where the services are (this run's broker and S3)."""
@@ -482,13 +643,20 @@ def compose_settings(service: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in resolved(service).items() if not k.startswith(where)}
 
 
+#: Where the compose worker serves its metrics here: a free port on loopback, not the
+#: container's (9808 on every interface of a shared machine).
+COMPOSE_WORKER_METRICS = {
+    "ENCODEQ_METRICS_PORT": str(free_port()),
+    "ENCODEQ_METRICS_HOST": "127.0.0.1",
+}
+
+
 @pytest.fixture(scope="module")
 def compose_worker(services: dict):
     """The compose worker's command, exactly as the container runs it, here."""
     fleet = WorkerFleet()
-    worker = fleet.start(
-        "compose", argv=argv(services["worker"]), env=compose_settings(services["worker"])
-    )
+    env = compose_settings(services["worker"]) | COMPOSE_WORKER_METRICS
+    worker = fleet.start("compose", argv=argv(services["worker"]), env=env)
     yield worker
     fleet.stop_all()
 
@@ -516,6 +684,15 @@ def test_compose_worker_command_consumes_and_completes_a_job(
     node = f"encodeq-{compose_worker.pid}@"
     assert manifest["renditions"]
     assert all(r["worker"].startswith(node) for r in manifest["renditions"]), manifest["renditions"]
+    # ... and its exporter (the one of its process tree) counted the job's runs, finalize last.
+    url = f"http://127.0.0.1:{COMPOSE_WORKER_METRICS['ENCODEQ_METRICS_PORT']}/metrics"
+    wait_for(
+        lambda: (
+            'encodeq_task_duration_seconds_count{outcome="ok",task="finalize"}' in http_get(url)[1]
+        ),
+        30,
+        "the compose worker's metrics to count the job",
+    )
     assert compose_worker.proc.poll() is None
 
 

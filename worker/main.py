@@ -1,6 +1,8 @@
 """The worker's entry point: ``python -m worker`` (and ``encodeq worker``, which mounts the same
 command) runs a Celery worker of ``worker.app``: a node per work queue it consumes (worker/nodes.py:
-the control queue, and each encode lane), the others forked from its own."""
+the control queue, and each encode lane), the others forked from its own. With
+``ENCODEQ_METRICS_PORT`` set, its own process serves the metrics of all of them
+(worker/exporter.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from rich.console import Console
 from config.exposure import DefaultSecretError, check_default_secrets
 from config.settings import get_settings
 from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
-from worker import nodes
+from worker import exporter, nodes
 from worker.app import app as celery_app
 
 err = Console(stderr=True, soft_wrap=True)
@@ -38,7 +40,14 @@ def worker(
     # Every file the worker and its ffmpeg write (sources, outputs, cache entries) is 0600 and
     # every folder 0700, inherited by the pool processes and their children.
     os.umask(0o077)
-    own, others = nodes.plan(queues.split(","), concurrency, get_settings())
+    settings = get_settings()
+    try:  # before anything forks: every node and pool process writes to its folder
+        metrics = exporter.start(settings)
+    except OSError as exc:
+        where = f"{settings.metrics_host}:{settings.metrics_port}"
+        err.print(f"[bold red]error:[/] cannot serve metrics on {where}: {exc}")
+        raise typer.Exit(2) from None
+    own, others = nodes.plan(queues.split(","), concurrency, settings)
     forked = nodes.start_all(name, others, loglevel, _run)
     try:
         # A node's pool processes share the host's cores: each ffmpeg takes its share
@@ -47,6 +56,8 @@ def worker(
         _run(own.concurrency, loglevel, name, own.queue)
     finally:
         nodes.stop(forked)
+        if metrics is not None:
+            metrics.close()
 
 
 def _run(concurrency: int, loglevel: str, name: str, queues: str) -> None:

@@ -1,4 +1,5 @@
-"""``task.started`` and ``task.finished``: every task run, from Celery's own signals.
+"""``task.started`` and ``task.finished``: every task run, from Celery's own signals (and the
+Prometheus metrics of each run: core/metrics.py).
 
 The dashboard's timeline draws a bar per run (worker, node, pool process, job, what it works on),
 so competing consumers, retries, redeliveries and dead letters can be seen as they happen. The
@@ -34,8 +35,9 @@ from typing import Any
 from celery import Task, signals
 from celery.exceptions import Reject, Retry
 
+from core import metrics
 from worker.failure_handling import error_code
-from worker.task_runs import PREFIX, publish, run_fields
+from worker.task_runs import PREFIX, kind_of, publish, run_fields
 
 #: Set on a run's request by worker/app.py when its job turned out to be cancelled.
 CANCELLED = "encodeq_cancelled"
@@ -116,6 +118,7 @@ def on_prerun(
         return
     with contextlib.suppress(Exception):  # an event never fails a task
         _began[task_id] = time.monotonic()
+        metrics.run_started(kind_of(task.name))
         publish(task.app, "task.started", _fields(task, task_id, args, kwargs))
 
 
@@ -134,8 +137,12 @@ def on_postrun(
         return
     with contextlib.suppress(Exception):  # an event never fails a task
         began = _began.pop(task_id, None)
+        runtime = None if began is None else round(time.monotonic() - began, 3)
+        ending = outcome_of(state, retval, bool(getattr(task.request, CANCELLED, False)))
+        # the metrics see the same outcomes as the timeline (core/metrics.py)
+        metrics.run_finished(kind_of(task.name), ending["outcome"], ending.get("code"), runtime)
         fields = _fields(task, task_id, args, kwargs)
-        fields.update(outcome_of(state, retval, bool(getattr(task.request, CANCELLED, False))))
-        if began is not None:
-            fields["runtime_s"] = round(time.monotonic() - began, 3)
+        fields.update(ending)
+        if runtime is not None:
+            fields["runtime_s"] = runtime
         publish(task.app, "task.finished", fields)

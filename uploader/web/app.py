@@ -5,7 +5,8 @@ JSON only on the wire, errors included (errors.py maps every error to ``{"error"
 (``Authorization: Bearer <token>``, or a ticket where a browser cannot send a header); there is
 always a token: server.py generates one when ``ENCODEQ_API_TOKEN`` is unset. The guards (token,
 trusted hosts, cross-site refusal, security headers) are in security.py; the page itself (``/``,
-``/static``) loads without a token and asks for it.
+``/static``) loads without a token and asks for it; so does ``/metrics`` (Prometheus: counts only,
+uploader/web/metrics.py says why).
 
 The routes are in routes/, one router per resource: the page, uploads, jobs, playback, the live
 events, the DLQ panel. What they share (settings, storage, tickets, the events hub) is built
@@ -25,8 +26,10 @@ from config.settings import Settings, get_settings
 from uploader.web import security
 from uploader.web.errors import install_error_handlers
 from uploader.web.fleet import FleetControl
-from uploader.web.routes import dlq, events, jobs, page, playback, uploads
+from uploader.web.lessons import LessonsControl
+from uploader.web.routes import dlq, events, jobs, metrics, page, playback, uploads
 from uploader.web.routes import fleet as fleet_routes
+from uploader.web.routes import lessons as lesson_routes
 from uploader.web.state import WebState
 
 ROUTERS = (
@@ -37,6 +40,8 @@ ROUTERS = (
     events.router,
     dlq.router,
     fleet_routes.router,
+    lesson_routes.router,
+    metrics.router,
 )
 
 
@@ -56,15 +61,18 @@ def create_app(
     token: str | None = None,
     bind_host: str | None = None,
     fleet: FleetControl | None = None,
+    lessons: LessonsControl | None = None,
 ) -> FastAPI:
     """The app; ``app.state.should_exit`` (set by server.py) ends SSE streams on shutdown.
 
     ``token``: the one every API call needs (default: ``ENCODEQ_API_TOKEN``, else a random one,
     in ``app.state.web.token``: never an app without one). ``bind_host`` joins the trusted hosts.
-    ``fleet``: the supervisor under ``encodeq up`` (routes/fleet.py), else None.
+    ``fleet``: the supervisor under ``encodeq up`` (routes/fleet.py), else None; ``lessons``: its
+    lesson runner (routes/lessons.py), else None.
     """
     settings = settings or get_settings()
-    web = WebState.build(settings, token or settings.api_token or security.generate_token(), fleet)
+    token = token or settings.api_token or security.generate_token()
+    web = WebState.build(settings, token, fleet, lessons)
     # No /docs page: FastAPI's loads Swagger UI from a CDN, which the page origin never runs.
     app = FastAPI(
         title="encodeq",

@@ -22,6 +22,7 @@ from config.exposure import WILDCARDS, DefaultSecretError, check_default_secrets
 from config.settings import Settings, get_settings
 from uploader.web.app import create_app
 from uploader.web.fleet import FleetControl
+from uploader.web.lessons import LessonsControl
 from uploader.web.security import generate_token
 
 #: Seconds uvicorn lets open requests finish on shutdown (SSE streams end by themselves).
@@ -61,7 +62,10 @@ def serve(
 
 
 def prepare(
-    host: str, settings: Settings, fleet: FleetControl | None = None
+    host: str,
+    settings: Settings,
+    fleet: FleetControl | None = None,
+    lessons: LessonsControl | None = None,
 ) -> tuple[FastAPI, str, bool]:
     """The app, its token, and whether the token was generated for this run (no
     ``ENCODEQ_API_TOKEN``); ServeError on a well-known secret off loopback."""
@@ -71,7 +75,8 @@ def prepare(
         raise ServeError(str(exc)) from None
     generated = not settings.api_token
     token = settings.api_token or generate_token()
-    return create_app(settings, token=token, bind_host=host, fleet=fleet), token, generated
+    app = create_app(settings, token=token, bind_host=host, fleet=fleet, lessons=lessons)
+    return app, token, generated
 
 
 def run(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:

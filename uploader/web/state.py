@@ -17,6 +17,8 @@ from uploader.playback import Playback
 from uploader.web import security
 from uploader.web.fleet import FleetControl
 from uploader.web.hub import EventHub
+from uploader.web.lessons import LessonsControl
+from uploader.web.metrics import WebMetrics
 
 
 @dataclass
@@ -29,13 +31,23 @@ class WebState:
     jobs: JobStore
     playback: Playback
     hub: EventHub
+    #: ``GET /metrics`` (uploader/web/metrics.py); the upload route counts uploads into it.
+    metrics: WebMetrics
     #: Security headers for every response (security.py), media from the S3 origin included.
     headers: dict[str, str]
     #: The supervisor of ``encodeq up``; None under ``encodeq serve`` alone.
     fleet: FleetControl | None = None
+    #: The lessons' runner under ``encodeq up`` (lessons.py); None under ``encodeq serve`` alone.
+    lessons: LessonsControl | None = None
 
     @classmethod
-    def build(cls, settings: Settings, token: str, fleet: FleetControl | None = None) -> WebState:
+    def build(
+        cls,
+        settings: Settings,
+        token: str,
+        fleet: FleetControl | None = None,
+        lessons: LessonsControl | None = None,
+    ) -> WebState:
         tickets = security.Tickets(token)
         storage = Storage(settings)
 
@@ -43,6 +55,7 @@ class WebState:
             return tickets.issue(f"play:{job_id}", valid_for.total_seconds())
 
         media = [security.origin_of(settings.s3_public_endpoint or settings.s3_endpoint)]
+        hub = EventHub(settings.broker_url, JobStore(Storage(settings)))
         return cls(
             settings=settings,
             token=token,
@@ -50,9 +63,11 @@ class WebState:
             storage=storage,
             jobs=JobStore(storage),
             playback=Playback(storage, ticket=play_ticket),
-            hub=EventHub(settings.broker_url, JobStore(Storage(settings))),
+            hub=hub,
+            metrics=WebMetrics(JobStore(storage), hub),
             headers=security.security_headers(media),
             fleet=fleet,
+            lessons=lessons,
         )
 
 

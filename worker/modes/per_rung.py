@@ -19,6 +19,7 @@ from config.ladder import RenditionPlan
 from config.retry_policy import retry_options
 from config.settings import Settings, get_settings
 from config.topology import ENCODE_RUNG_TASK
+from core import metrics
 from core.errors import EncodeError
 from core.events import emit
 from core.job_model import Manifest, ProbeResult, Rendition
@@ -113,10 +114,12 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
         live = partial(rung_playable, storage, jobs, manifest, record, folder=out_dir)
         prefix = rendition_prefix(job_id, rendition)
         with SegmentUploader(storage, out_dir, prefix, out_dir / PLAYLIST_NAME, live) as uploads:
+            started = time.monotonic()
             try:
                 result = encoder.encode(source, probe, plan, out_dir, settings, on_progress)
             except process.ProcessFailed as exc:
                 raise EncodeError("encode_failed", f"ffmpeg failed: {exc}") from None
+            metrics.rung_encoded(rendition, time.monotonic() - started, result.stats.duration)
             playlist_uri = uploads.finish(result.folder / PLAYLIST_NAME)
     record = _completed(record, result, playlist_uri, probe, plan, settings)
     rendition_done(jobs, job_id, record, playlist_uri, list(planned))

@@ -14,9 +14,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.job_model import Manifest
 from uploader.web.intake import UploadError, drain, receive, remove, submit_received
 from uploader.web.job_view import job_document, job_links
-from uploader.web.state import Web
+from uploader.web.state import Web, WebState
 
 router = APIRouter()
 
@@ -25,6 +26,21 @@ router = APIRouter()
 async def upload(request: Request, web: Web, priority: str = "normal") -> JSONResponse:
     """multipart/form-data with one file in field ``file``; 202 with the queued job.
     ``?priority=high``: its encodes overtake normal ones (worker/window.py)."""
+    try:
+        manifest = await _submit(request, web, priority)
+    except Exception as exc:
+        web.metrics.upload(False, exc.code if isinstance(exc, UploadError) else "error")
+        raise
+    web.metrics.upload(True)
+    return JSONResponse(
+        {**job_document(web, manifest), "links": job_links(web, manifest)},
+        status_code=202,
+        headers={"Location": f"/api/jobs/{manifest.job_id}"},
+    )
+
+
+async def _submit(request: Request, web: WebState, priority: str) -> Manifest:
+    """Receive the file and submit it as a job; UploadError when refused."""
     if priority not in ("normal", "high"):
         await drain(request.stream())  # the client reads the answer, not a reset connection
         raise UploadError(400, "bad_priority", f"priority must be high or normal, not {priority!r}")
@@ -35,7 +51,7 @@ async def upload(request: Request, web: Web, priority: str = "normal") -> JSONRe
         web.settings,
     )
     try:
-        manifest = await run_in_threadpool(
+        return await run_in_threadpool(
             submit_received,
             received,
             web.storage,
@@ -43,8 +59,3 @@ async def upload(request: Request, web: Web, priority: str = "normal") -> JSONRe
         )
     finally:
         remove(received)
-    return JSONResponse(
-        {**job_document(web, manifest), "links": job_links(web, manifest)},
-        status_code=202,
-        headers={"Location": f"/api/jobs/{manifest.job_id}"},
-    )

@@ -14,6 +14,7 @@ from celery import Task
 from config.ladder import RenditionPlan
 from config.retry_policy import retry_options
 from config.settings import Settings, get_settings
+from core import metrics
 from core.errors import EncodeError, PermanentError
 from core.events import emit
 from core.job_model import ChunkRecord, Manifest, ProbeResult, now_iso
@@ -59,6 +60,7 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
     with workdir(job_id) as folder:
         source = host_cache.local_source(storage, job_id, manifest.source.uri)
         outputs, encode_seconds = _encode_rungs(source, manifest, index, folder, get_settings())
+        metrics.chunk_encoded(outputs, encode_seconds, manifest.chunks.durations[index])
         if _lost(self, jobs, job_id, index, record.worker):
             return
         for name, path in outputs.items():
