@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import unquote, urlsplit
 
+from config.brokers import broker_urls
 from config.settings import Settings
 
 #: Secrets every attacker tries first (passwords, S3 secret keys, API tokens).
@@ -59,7 +60,7 @@ def _url_secret(url: str) -> tuple[str, str | None]:
 def exposed_defaults(settings: Settings, bind_host: str | None = None) -> list[str]:
     """Each place where a well-known secret meets a non-loopback address, as a sentence."""
     found = []
-    for url in filter(None, (u.strip() for u in settings.broker_url.split(";"))):
+    for url in broker_urls(settings):
         host, password = _url_secret(url)
         if password in KNOWN_DEFAULT_SECRETS and not is_loopback(host):
             found.append(

@@ -11,13 +11,17 @@ import stat
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.brokers import SEPARATOR, split_broker_urls
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ENCODEQ_", extra="ignore")
 
     # --- connections -------------------------------------------------------------------------
+    #: One URL, or several separated by ``;``: a failover list for every client (config/brokers.py).
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     s3_endpoint: str = "http://127.0.0.1:9000"
     s3_access_key: str = "minioadmin"
@@ -32,6 +36,12 @@ class Settings(BaseSettings):
     # --- queue topology ----------------------------------------------------------------------
     #: Deliveries a quorum work queue allows before it dead-letters the message (crash loops).
     delivery_limit: int = 4
+    #: On a RabbitMQ cluster: replicas of every quorum queue (``x-quorum-initial-group-size``,
+    #: leaders spread over the nodes); above 1 the DLQ and the parked queue are quorum queues too,
+    #: so dead letters outlive a node (config/topology.py). 0 leaves the arguments out (the
+    #: broker's default), as existing queues have them: RabbitMQ refuses to redeclare a queue
+    #: with an argument it lacks (PRECONDITION_FAILED), so changing it means new queues.
+    quorum_replicas: int = 0
 
     #: How long an upload waits for an unreachable broker before it fails loudly.
     broker_wait_s: float = 30.0
@@ -170,6 +180,13 @@ class Settings(BaseSettings):
     #: address, e.g. ``encodeq.example.org``; any other ``Host`` header gets 400 (DNS rebinding).
     allowed_hosts: str = ""
 
+    # --- Prometheus metrics (core/metrics.py) --------------------------------------------------
+    #: The port a worker serves ``/metrics`` on (one exporter per ``python -m worker``, for all
+    #: its nodes and pool processes: worker/exporter.py); 0: no exporter.
+    metrics_port: int = 0
+    #: Where that exporter listens: loopback unless a scraper on another host must reach it.
+    metrics_host: str = "127.0.0.1"
+
     # --- least-privilege storage users (console/minio_setup.py, ``encodeq minio-setup``) ---------
     #: The users ``encodeq minio-setup`` creates (with the root key in ENCODEQ_S3_*); each
     #: service then runs with its own pair as ENCODEQ_S3_ACCESS_KEY/SECRET_KEY.
@@ -184,6 +201,12 @@ class Settings(BaseSettings):
         dead-letters; the hard one only fires if the task ignores it (and then Celery requeues,
         so the delivery limit ends the loop)."""
         return self.encode_time_limit_s + 30
+
+    @field_validator("broker_url")
+    @classmethod
+    def _failover_list(cls, value: str) -> str:
+        """``a; b;`` as ``a;b``: kombu splits on ``;`` as it is, and takes a blank for localhost."""
+        return SEPARATOR.join(split_broker_urls(value))
 
     def private_dir(self, name: str = "") -> Path:
         """A folder only this user can enter (0700): ``work_dir``, else the user's cache folder

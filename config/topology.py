@@ -5,12 +5,21 @@
                              --encode.express> encodeq.encode.express (quorum: short jobs)
                              --encode.high> encodeq.encode.high (quorum: high-priority encodes)
     each work queue dead-letters (at-least-once, delivery limit) to
-    exchange encodeq.dlx (fanout) --> encodeq.dlq (classic, durable: browsing it costs nothing)
+    exchange encodeq.dlx (fanout) --> encodeq.dlq (classic, durable: browsing it costs nothing;
+                                      quorum on a cluster, ENCODEQ_QUORUM_REPLICAS > 1)
     exchange encodeq.events (topic): job.*, rendition.* and chunk.* lifecycle events, pub-sub
 
 Topic, not direct, exchanges: Celery's native delayed delivery (retry countdowns held by the broker,
 not in worker memory) only binds topic exchanges. The DLQ is a classic queue on purpose: a quorum
 queue counts every returned delivery against its delivery limit, so browsing it could drop messages.
+
+On a cluster (``quorum_replicas``) every quorum queue asks for that many replicas and a leader on
+the node with the fewest leaders (``balanced``, RabbitMQ 3.10+), so a node's loss stops no queue
+and no node leads them all. A classic DLQ would live on one node: lost with it, dead letters could
+be neither listed nor replayed until it came back. So there the DLQ (and the parked queue) is a
+quorum queue too, with a delivery limit no browsing reaches: RabbitMQ 3.10 counts every return of
+a held delivery (the inspector's peek), 4.x caps quorum queues at 20 deliveries unless told, and -1
+("no limit" on 4.x) would dead-letter at the first return on 3.10.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ ENCODE_HIGH_QUEUE_NAME = "encodeq.encode.high"
 #: all, one node each (worker/nodes.py).
 ENCODE_LANES = (ENCODE_HIGH_QUEUE_NAME, ENCODE_EXPRESS_QUEUE_NAME, ENCODE_QUEUE_NAME)
 DEAD_LETTER_QUEUE_NAME = "encodeq.dlq"
-#: Where the DLQ inspector parks messages replayed too often (classic, durable, no consumers).
+#: Where the DLQ inspector parks messages replayed too often (durable, no consumers; the DLQ's
+#: queue type).
 PARKED_QUEUE_NAME = "encodeq.dlq.parked"
 
 
@@ -89,6 +99,20 @@ TASK_ROUTES: dict[str, tuple[str, str]] = {
 }
 
 
+#: The DLQ's delivery limit when it is a quorum queue: the largest a signed 32-bit argument holds,
+#: two billion browses of one message (RabbitMQ 4.x would otherwise drop it after 20).
+QUORUM_DLQ_DELIVERY_LIMIT = 2**31 - 1
+
+
+def replication_arguments(replicas: int | None = None) -> dict[str, object]:
+    """A quorum queue's replicas and leader placement; none when ``quorum_replicas`` is 0, so the
+    queues of a broker that has them already keep exactly the arguments they were declared with."""
+    replicas = get_settings().quorum_replicas if replicas is None else replicas
+    if replicas <= 0:
+        return {}
+    return {"x-quorum-initial-group-size": replicas, "x-queue-leader-locator": "balanced"}
+
+
 def work_queue_arguments(delivery_limit: int | None = None) -> dict[str, object]:
     """Arguments of every work queue: quorum, dead-lettered at least once, crash loops capped."""
     limit = get_settings().delivery_limit if delivery_limit is None else delivery_limit
@@ -100,6 +124,19 @@ def work_queue_arguments(delivery_limit: int | None = None) -> dict[str, object]
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
         "x-delivery-limit": limit,
+        **replication_arguments(),
+    }
+
+
+def dead_letter_queue_arguments() -> dict[str, object]:
+    """The DLQ's (and the parked queue's) arguments: classic, unless replicated on a cluster."""
+    replicas = get_settings().quorum_replicas
+    if replicas <= 1:
+        return {"x-queue-type": "classic"}
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": QUORUM_DLQ_DELIVERY_LIMIT,
+        **replication_arguments(replicas),
     }
 
 
@@ -118,7 +155,7 @@ def dead_letter_queue() -> Queue:
         DEAD_LETTER_EXCHANGE,
         routing_key="",
         durable=True,
-        queue_arguments={"x-queue-type": "classic"},
+        queue_arguments=dead_letter_queue_arguments(),
     )
 
 
@@ -144,5 +181,5 @@ def parked_queue() -> Queue:
         PARKED_QUEUE_NAME,
         exchange=None,
         durable=True,
-        queue_arguments={"x-queue-type": "classic"},
+        queue_arguments=dead_letter_queue_arguments(),
     )

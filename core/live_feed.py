@@ -6,6 +6,8 @@ follow jobs the same way, through this feed. It subscribes first (a private auto
 that happens in between is missed. From then on events drive the model; the manifests of jobs in
 flight are re-read now and then (events are best effort and may be lost, manifests are the truth);
 queue depths are sampled by passive declares. A view only renders the model or forwards events.
+When the broker node the feed is connected to goes away, the subscription moves to another node
+of the failover list (core/events.py), and the feed re-reads the manifests of jobs in flight.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class LiveFeed:
         """Apply the events that arrive within ``timeout``; re-read manifests and sample queue
         depths when they are due."""
         tick = Tick()
+        gaps = self._subscription.resubscribed
         for event in self._subscription.events(timeout=timeout):
             if self.monitor.apply(event) is not None:
                 tick.events.append(event)
@@ -123,8 +126,13 @@ class LiveFeed:
                 tick.events.append(event)  # not about a job: still news for a view of everything
         now = time.monotonic()
         if self.sample_every_s is not None and now >= self._next_sample:
-            tick.queues = self.sample_queues()
+            try:
+                tick.queues = self.sample_queues()
+            except self._subscription.lost_connection_errors:
+                self._subscription.resubscribe()  # its node went away between two events
             self._next_sample = now + self.sample_every_s
+        if self._subscription.resubscribed != gaps:
+            self._next_poll = now  # subscribed again: events of the gap are lost, re-read now
         if now >= self._next_poll:
             self._refresh_in_flight()
             self._next_poll = now + self.poll_every_s

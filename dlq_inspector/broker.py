@@ -8,6 +8,7 @@ closes the channel it ran on.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,20 +16,26 @@ from typing import Any
 from amqp.exceptions import NotFound
 from kombu import Connection
 
+from config.brokers import connect_retries
 from config.retry_policy import broker_retry
 from config.settings import get_settings
 from config.topology import declare_topology
 
-#: Connection attempts after the first before a command gives up (on the shared schedule).
+#: Connection attempts after the first before a command gives up (on the shared schedule; as
+#: many rounds over a failover list).
 CONNECT_RETRIES = 3
 
 
 @contextmanager
 def connect(url: str | None = None, declare: bool = True) -> Iterator[Any]:
     """A connected py-amqp ``Connection``; the topology (DLQ, parked queue) declared first."""
-    conn = Connection(url or get_settings().broker_url, heartbeat=0)
+    # A failover list (``;``): kombu tries the next node when one refuses. A node lost in the
+    # middle of a command ends the command with the error (nothing is acked before a confirm, so
+    # nothing is lost): run it again and it connects to a node that answers.
+    url = url or get_settings().broker_url
+    conn = Connection(url, heartbeat=0)
     try:
-        conn.ensure_connection(**broker_retry(max_retries=CONNECT_RETRIES))
+        conn.ensure_connection(**broker_retry(max_retries=connect_retries(url, CONNECT_RETRIES)))
         if declare:
             declare_topology(conn)
         read_ahead(conn.connection)
@@ -46,6 +53,22 @@ def queue_size(conn: Any, queue: str) -> int | None:
         return None
     channel.close()
     return int(count)
+
+
+#: How long a command waits for the deliveries it held to be back in their queue.
+RETURN_WAIT_S = 5.0
+
+
+def await_ready(conn: Any, queue: str, count: int, timeout: float = RETURN_WAIT_S) -> None:
+    """Until ``queue`` has ``count`` messages ready again (or ``timeout`` passed).
+
+    Deliveries a closed channel held are back in a classic queue before the close completes; in
+    a quorum queue (the DLQ on a cluster) a moment later, once its leader has logged their
+    return. A command waits for them, so the next one (a replay right after a list) sees them.
+    """
+    deadline = time.monotonic() + timeout
+    while (queue_size(conn, queue) or 0) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def exchange_exists(conn: Any, exchange: str) -> bool:

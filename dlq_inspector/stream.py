@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlq_inspector.broker import open_channel, queue_size
+from dlq_inspector.broker import await_ready, open_channel, queue_size
 from dlq_inspector.framing import PublishBuffer
 from dlq_inspector.message import DeadLetter
 
@@ -246,6 +246,7 @@ class Mover:
                 # Unacked deliveries (kept, unconfirmed, unseen) go back in their places.
                 self._consumer.close()
                 self._publisher.close()
+        await_ready(self.conn, self.queue, self.expected - self.outcome.total)
         if self.on_progress:
             self.on_progress(self.outcome.scanned, self.expected)
         return self.outcome

@@ -16,6 +16,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from kombu.utils.functional import retry_over_time
 
+from config.brokers import connect_retries
 from config.retry_policy import BROKER_RETRY_INTERVALS, broker_retry
 from config.settings import get_settings
 from config.topology import PROBE_TASK, WORK_QUEUE_KEYS, declare_topology
@@ -64,8 +65,11 @@ def publish_probe(job_id: str) -> None:
 
 
 def _publish_probe_once(app: Celery, job_id: str, task_id: str) -> None:
+    """One attempt, each node of a failover list tried in turn (kombu moves down the list when a
+    node refuses, or when the connection dies before the confirm)."""
     with app.connection_for_write() as connection:
-        connection.ensure_connection(max_retries=1, **BROKER_RETRY_INTERVALS)
+        retries = connect_retries(get_settings().broker_url)
+        connection.ensure_connection(max_retries=retries, **BROKER_RETRY_INTERVALS)
         declare_topology(connection)
         app.send_task(PROBE_TASK, args=[job_id], task_id=task_id, connection=connection)
 
@@ -76,7 +80,7 @@ def waiting_tasks() -> int | None:
     with publisher().connection_for_read() as connection:
         errors = (OperationalError, *connection.connection_errors, *connection.channel_errors)
         try:
-            connection.ensure_connection(max_retries=1)
+            connection.ensure_connection(max_retries=connect_retries(get_settings().broker_url))
             return sum(d.messages or 0 for d in queue_depths(connection, tuple(WORK_QUEUE_KEYS)))
         except errors:
             return None

@@ -1,7 +1,8 @@
 """The worker's Celery app: the shared one (core/celery_app.py) plus what only a consumer needs.
 
 That is the task base class (the fault-injection drill), the failure-recording request and
-consumer (worker/failure_handling.py), the task run events of the dashboard's timeline
+consumer (worker/failure_handling.py; delayed delivery declared where it connects:
+worker/topology_step.py), the task run events of the dashboard's timeline
 (worker/task_events.py: Celery signals, connected by importing it), the bootsteps (topology
 declared on every connection, host housekeeping, the janitor), and the task modules every worker
 registers. Importing this module never connects anywhere. Flower loads it too (``celery --app
@@ -19,11 +20,11 @@ from config.settings import get_settings
 from core.celery_app import create_app
 from core.errors import PermanentError
 from worker.cancellation import cancelled
-from worker.failure_handling import DeadLetteringConsumer, RecordingRequest
+from worker.failure_handling import RecordingRequest
 from worker.housekeeping import Housekeeping
 from worker.janitor import Janitor
 from worker.task_events import mark_cancelled
-from worker.topology_step import DeclareTopology
+from worker.topology_step import DeclareTopology, FailoverConsumer
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class EncodeqTask(Task):
 
 def create_worker_app() -> Celery:
     app = create_app(task_cls=EncodeqTask)
-    app.conf.update(worker_consumer=DeadLetteringConsumer, include=TASK_MODULES)
+    app.conf.update(worker_consumer=FailoverConsumer, include=TASK_MODULES)
     app.steps["consumer"].add(DeclareTopology)
     # Dead tasks' scratch folders swept, ended jobs' cache entries dropped on every host.
     app.steps["consumer"].add(Housekeeping)

@@ -27,6 +27,7 @@ from kombu.asynchronous import get_event_loop
 
 from config.retry_policy import TRANSIENT_ERRORS
 from config.settings import get_settings
+from core import metrics
 from core.errors import PermanentError
 from core.events import emit
 from core.failures import FailureRecord, message_key, save_failure, tail
@@ -35,7 +36,7 @@ from core.job_model import ErrorInfo, is_job_id
 from core.manifest import JobStore
 from core.storage import Storage
 from worker import outbox
-from worker.task_runs import publish, run_fields
+from worker.task_runs import kind_of, publish, run_fields
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class RecordingRequest(Request):
         if failure is not None and failure.dead_lettered:
             self._after_reject(failure)
         if failure is not None and isinstance(exc, WorkerLostError):
+            metrics.run_lost(kind_of(self.name), failure.code, failure.dead_lettered)
             try:
                 self._announce_lost(failure)
             except Exception:  # the timeline is a view: never in the failure handling's way
@@ -229,6 +231,9 @@ class DeadLetteringConsumer(Consumer):
     def _record(self, message: Any, code: str, exc: BaseException | None, detail: str) -> None:
         headers = getattr(message, "headers", None) or {}
         task = headers.get("task")
+        # a task name we do not run is anyone's text: not a label
+        known = isinstance(task, str) and task in self.app.tasks
+        metrics.message_dead_lettered(kind_of(task) if known else "unknown", code)
         _save(
             FailureRecord(
                 task_id=message_key(headers, message.body),

@@ -15,6 +15,7 @@ fork ever copies a lock this module holds.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -73,9 +74,14 @@ class Housekeeping(bootsteps.ConsumerStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self._repeat: Any = None
+        self._connections = itertools.count()
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
-        name = f"encodeq.events.{socket.gethostname()}.{os.getpid()}.host-cache"
+        # A name of its own per connection: after a failover the old queue's record may outlive
+        # its dead node for a moment, and declaring it again would be RESOURCE_LOCKED (fatal to
+        # Celery's consumer).
+        connection = next(self._connections)
+        name = f"encodeq.events.{socket.gethostname()}.{os.getpid()}.host-cache.{connection}"
         keys = (*ENDED, REOPENED)
         queue = Queue(
             name,

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from config.brokers import split_broker_urls
 from console.tcp_proxy import TcpProxy
 from uploader.web.fleet import FleetError
 
@@ -82,7 +83,7 @@ class BrokerRestart:
     """Restarts the local RabbitMQ node with rabbitmqctl; refused where ``up`` may not."""
 
     def __init__(self, broker_url: str) -> None:
-        url = urlsplit(broker_url.split(";")[0])
+        url = urlsplit((split_broker_urls(broker_url) or [""])[0])  # the node tried first
         self.host, self.port = url.hostname or "127.0.0.1", url.port or 5672
         self.state = "up"
         self.detail = ""

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from kombu import Connection
 
+from config.brokers import split_broker_urls
 from config.settings import Settings, get_settings
 from config.topology import ENCODE_QUEUE_NAME
 from core.queue_depths import queue_depths
@@ -36,12 +37,17 @@ def rabbitmqctl(*args: str, timeout: float = 120) -> str:
 def vhost_url(vhost: str, like: str | None = None) -> str:
     """The URL of ``vhost`` on the broker (host, port, user) of ``like``: by default the one this
     process is pointed at (``ENCODEQ_BROKER_URL``), else RabbitMQ's default on 127.0.0.1."""
-    base = urlsplit(like or os.environ.get("ENCODEQ_BROKER_URL") or DEFAULT_BROKER_URL)
+    base = urlsplit(first_url(like or os.environ.get("ENCODEQ_BROKER_URL") or DEFAULT_BROKER_URL))
     return urlunsplit((base.scheme, base.netloc, f"/{vhost}", "", ""))
 
 
+def first_url(url: str) -> str:
+    """The first URL of a failover list (``a;b``): the node ``rabbitmqctl`` here stands for."""
+    return split_broker_urls(url)[0]
+
+
 def vhost_of(url: str) -> str:
-    return urlsplit(url).path[1:]
+    return urlsplit(first_url(url)).path[1:]
 
 
 def add_vhost(vhost: str, like: str | None = None) -> str:
