@@ -15,41 +15,24 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kombu import Connection
 
 from console.learn.broker_admin import QueueCounts, admin_for
 from console.learn.lesson import LessonContext
+from console.waiting import wait_for as wait_until
 from core.events import EventSubscription
 from core.queue_depths import queue_depths
 
-T = TypeVar("T")
 #: A worker has this long to consume (two cold starts at once on two cores take about ten).
 WORKER_START_S = 90.0
 #: Warm shutdown: the task in hand finishes; after this the process group is killed.
 WORKER_STOP_S = 20.0
 #: What makes lesson encodes fast: the fastest x264 preset, short segments.
 FAST_ENCODES = {"ENCODEQ_X264_PRESET": "ultrafast", "ENCODEQ_SEGMENT_SECONDS": "1"}
-
-
-class LessonTimeout(RuntimeError):
-    """Something the lesson waited for did not happen in time (the message says what)."""
-
-
-def wait_until(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
-    """``check()``'s first truthy value; LessonTimeout after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise LessonTimeout(f"waited {timeout:.0f}s for {what}")
-        time.sleep(every)
 
 
 def vhost_of(broker_url: str) -> str:

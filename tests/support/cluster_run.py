@@ -32,6 +32,7 @@ from support.broker import queue_state
 from support.cluster import NODE_NAMES, Cluster
 from support.commands import ENCODEQ
 from support.media import make_video
+from support.stack import patched_environ
 from support.storage import storage
 
 REPLICAS = 3
@@ -80,20 +81,14 @@ def cluster_run(cluster: Cluster) -> Iterator[ClusterRun]:
     cluster.revive()
     on = ClusterRun(cluster, f"encodeq-cluster-{uuid.uuid4().hex[:8]}")
     cluster.add_vhost(on.vhost)
-    saved = {key: os.environ.get(key) for key in on.env()}
-    os.environ.update(on.env())
-    get_settings.cache_clear()
     try:
-        with Connection(on.url()) as connection:
-            declare_topology(connection)
-        cluster.wait_members(on.vhost, REPLICAS)
-        yield on
+        with patched_environ(on.env()):
+            get_settings.cache_clear()
+            with Connection(on.url()) as connection:
+                declare_topology(connection)
+            cluster.wait_members(on.vhost, REPLICAS)
+            yield on
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         get_settings.cache_clear()
         cluster.revive()
         cluster.delete_vhost(on.vhost)

@@ -58,14 +58,23 @@ def isolated_stack(name: str, access_key: str = "bench") -> Iterator[dict[str, s
     Enter it before importing anything that reads settings once (the Celery app does)."""
     stack = Stack(name, access_key)
     stack.up()
-    saved = {key: os.environ.get(key) for key in stack.env}
-    os.environ.update(stack.env)
     try:
-        yield stack.env
+        with patched_environ(stack.env):
+            yield stack.env
+    finally:
+        stack.down()
+
+
+@contextmanager
+def patched_environ(env: dict[str, str]) -> Iterator[None]:
+    """``env`` in ``os.environ`` for the block; every key put back (or removed) afterwards."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        stack.down()

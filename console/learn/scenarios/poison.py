@@ -30,8 +30,9 @@ from config.topology import (
 )
 from console.learn.drill_worker import PIPELINE_QUEUES
 from console.learn.lesson import Counters, LessonContext, Outcome, Scenario
-from console.learn.rig import EventLog, Fleet, LessonTimeout, make_clip, upload, wait_until
+from console.learn.rig import EventLog, Fleet, make_clip, upload, wait_until
 from console.learn.scratch import settings_of
+from console.waiting import WaitTimeout
 from core.manifest import JobStore
 from core.queue_depths import queue_depths
 from core.storage import Storage, parse_uri
@@ -74,7 +75,7 @@ def dead_letters(broker_url: str, wait_s: float = 0.0) -> int:
 
     try:
         return wait_until(depth, wait_s, "a dead letter", every=0.2) if wait_s else depth()
-    except LessonTimeout:
+    except WaitTimeout:
         return 0
 
 
