@@ -197,6 +197,7 @@ class TestChunkedJobs:
             video = decoded_video(download_rendition(r["playlist"], tmp_path / what))
             assert int(video["nb_read_frames"]) == frames, what
 
+    @pytest.mark.slow  # the default suite's time budget
     def test_sources_nobody_tuned_for_complete_with_every_frame(
         self, fleet, media_dir: Path, tmp_path: Path
     ) -> None:

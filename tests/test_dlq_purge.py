@@ -76,6 +76,7 @@ def snapshot(job: str) -> list[tuple]:
     return [(m.body, m.properties) for m in dlq_for(job_id=job)]
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_export_purge_import_round_trip_is_exact(tmp_path: Path) -> None:
     job = uuid.uuid4().hex
     messages = [typed_message(job), celery_message(TASK, job=job), typed_message(job)]

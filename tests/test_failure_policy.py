@@ -254,6 +254,7 @@ def test_sigkilled_pool_process_is_redelivered_and_recorded(workers, media_dir) 
     assert not processes_with(f"encodeq-{job_id}")  # no orphaned ffmpeg
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_crash_loop_ends_in_the_dlq_at_the_delivery_limit(workers, media_dir) -> None:
     worker = workers.start("crashy")
     source = make_video(media_dir / "poison.mp4", 426, 240, duration=30)

@@ -134,6 +134,7 @@ def _source_key(job_id: str) -> str:
     return parse_uri(manifest.source.uri)[1]
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_a_finished_job_leaves_no_entries_on_any_host(
     workers, media_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

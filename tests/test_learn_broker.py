@@ -1,8 +1,9 @@
 """The broker lessons (ordering, request-reply, back-pressure, log): each run against a scratch
 vhost of its own passes, with the broker's figures to show for it, and each fails once its
 mechanism is broken through a knob. The seed is printed: a failure reruns with
-``ENCODEQ_LEARN_SEED=<seed>``. A second way to break ordering and back-pressure is in the slow tier
-(each run costs a vhost, about two seconds of rabbitmqctl).
+``ENCODEQ_LEARN_SEED=<seed>``. Each run costs a vhost (about two seconds of rabbitmqctl), so the
+broken runs of request-reply and log, and a second way to break ordering and back-pressure, are in
+the slow tier.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def test_request_reply_answers_times_out_and_drops_a_stale_reply(vhost: str, see
     assert counters["wrong_answers"] == 0
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_request_reply_without_correlation_accepts_a_stale_reply(vhost: str, seed: int) -> None:
     outcome = lesson(request_reply, vhost, seed, correlate=False)
     assert not outcome.passed
@@ -145,6 +147,7 @@ def test_log_replays_history_the_work_queue_forgot(vhost: str, seed: int) -> Non
     assert counters["read_model_matches"] is True
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_log_late_subscriber_at_next_sees_no_history(vhost: str, seed: int) -> None:
     outcome = lesson(log, vhost, seed, offset="next")
     assert not outcome.passed

@@ -61,6 +61,7 @@ WINDOW_ONE = {"ENCODEQ_CHUNK_SECONDS": "2", "ENCODEQ_JOB_WINDOW": "1"}
 EVERY_EVENT = ("job.*", "rendition.*", "chunk.*")
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_a_short_job_does_not_wait_for_a_long_one(workers, media_dir) -> None:
     """One encode process; a long chunked job starts (its first chunk held), a short job is
     uploaded behind it. The short job completes before the long job's last chunk starts: the
@@ -91,6 +92,7 @@ def test_a_short_job_does_not_wait_for_a_long_one(workers, media_dir) -> None:
     assert ("job.completed", short_id, None) in order[:last_chunk], order
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_a_high_priority_job_overtakes_normal_ones(workers, media_dir) -> None:
     """One encode process busy with a long job; a normal clip, then a high-priority clip, are
     uploaded. The high clip completes first, and the normal one completes too."""

@@ -124,6 +124,7 @@ def test_every_run_of_a_per_rung_job_starts_and_ends_once(workers, media_dir) ->
     assert all(r["finished_at"] >= r["started_at"] for r in timeline.runs())
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_every_run_of_a_chunked_job_starts_and_ends_once(workers, media_dir) -> None:
     worker = workers.start("chunks")
     source = make_video(media_dir / "runs-chunked.mp4", 640, 360, duration=10)
