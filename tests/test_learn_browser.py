@@ -1,0 +1,67 @@
+"""The Lessons card of ``encodeq up`` in Chromium: a lesson run from the page narrates as it
+happens and ends with the verdict and the broker counters it was computed from; the same lesson
+with its mechanism broken through a knob on the page ends with ``fail``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.browser import CHROMIUM, chromium, watch_errors
+from support.up import Up
+
+from console.s3server import free_port
+
+pytestmark = pytest.mark.slow
+LESSON_MS = 120_000
+
+pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
+if not CHROMIUM.exists():  # pragma: no cover - .ci/run installs it
+    pytest.skip("apt-get install chromium", allow_module_level=True)
+
+
+def verdict_of(page: object) -> tuple[str, dict[str, str]]:
+    """The verdict the page shows, once it shows one, and its counters table (name -> value)."""
+    box = page.wait_for_selector(  # type: ignore[attr-defined]
+        "#lesson-verdict:not([hidden])[data-verdict]", timeout=LESSON_MS
+    )
+    rows = box.query_selector_all("table tbody tr")
+    counters = {
+        r.query_selector("th").inner_text(): r.query_selector("td").inner_text() for r in rows
+    }
+    return box.get_attribute("data-verdict"), counters
+
+
+def test_a_lesson_from_the_page_and_the_same_one_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENCODEQ_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    up = Up(tmp_path / "data", workers=1)
+    try:
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors = watch_errors(page)
+            page.goto(up.link)
+            page.wait_for_selector("#lessons:not([hidden])")
+            names = page.eval_on_selector_all(
+                "#lesson-list li[data-lesson]", "ls => ls.map((l) => l.dataset.lesson)"
+            )
+            assert {"consumers-vs-pubsub", "durability", "back-pressure", "log"} <= set(names)
+
+            page.click('#lesson-list button[data-lesson="back-pressure"]')
+            verdict, counters = verdict_of(page)
+            assert verdict == "pass", counters
+            assert counters["lost"] == "0" and int(counters["nacks"]) > 0
+            assert page.locator("#lesson-steps li").count() >= 3  # narrated, step by step
+
+            page.uncheck("#knob-back-pressure-wait_for_confirms")
+            page.click('#lesson-list button[data-lesson="back-pressure"]')
+            page.wait_for_selector("#lesson-verdict[hidden]", state="attached")
+            verdict, counters = verdict_of(page)
+            assert verdict == "fail", counters
+            assert int(counters["lost"]) > 0 and counters["nacks"] == "0"
+            assert "broken: wait_for_confirms=false" in page.inner_text("#lesson-title")
+            assert errors == []
+    finally:
+        assert up.interrupt() == 0, up.output()
