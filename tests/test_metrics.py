@@ -26,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.commands import encodeq, upload_job
 from support.events import Events
-from support.fleet import Worker, WorkerFleet, hold_ffmpeg
+from support.fleet import Worker, WorkerFleet, held_encode
 from support.http import Server, http, http_json, multipart, start_server
 from support.media import make_video
 from support.waiting import wait_for
@@ -231,15 +231,7 @@ def test_a_killed_pool_process_is_counted_lost_and_no_longer_running(
     worker = stack.worker_samples()
     source = make_video(media_dir / "metrics-lost.mp4", 426, 240, duration=6)
     with Events(("task.*",)) as events:
-        job_id = upload_job(source, "--mode", "per-rung")  # one rung: 240p
-        first = events.wait(
-            lambda e: (
-                e["event"] == "task.started" and e["task"] == "encode" and e.get("job_id") == job_id
-            ),
-            60,
-            "the encode's start",
-        )
-        hold_ffmpeg(job_id)
+        job_id, first = held_encode(events, source)  # one rung: 240p
         running = stack.worker_samples()
         assert total(running, "encodeq_tasks_running", task="encode") == 1
         os.kill(first["pid"], signal.SIGKILL)

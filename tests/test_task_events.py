@@ -21,7 +21,7 @@ import pytest
 from celery.exceptions import Reject, Retry
 from support.commands import encodeq, upload_job
 from support.events import Events
-from support.fleet import Worker, hold_ffmpeg
+from support.fleet import Worker, held_encode, hold_ffmpeg
 from support.media import make_video
 
 from config.settings import Settings
@@ -196,15 +196,7 @@ def test_a_killed_pool_process_ends_its_run_lost(workers, media_dir) -> None:
     worker = workers.start("lossy")
     source = make_video(media_dir / "runs-lost.mp4", 426, 240, duration=6)
     with Events(KEYS) as events:
-        job_id = upload_job(source, "--mode", "per-rung")
-        first = events.wait(
-            lambda e: (
-                e["event"] == "task.started" and e["task"] == "encode" and e.get("job_id") == job_id
-            ),
-            60,
-            "the encode's start",
-        )
-        hold_ffmpeg(job_id)
+        job_id, first = held_encode(events, source)
         os.kill(first["pid"], signal.SIGKILL)
         lost = events.wait(
             lambda e: e["event"] == "task.finished" and e["task_id"] == first["task_id"],

@@ -15,10 +15,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME, with_lanes
 from support.broker import consumers
-from support.commands import WORKER_COMMAND, log_path, resolve
+from support.commands import WORKER_COMMAND, log_path, resolve, upload_job
 from support.waiting import wait_for
 
 WORK_QUEUES = (CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME)
@@ -310,3 +311,19 @@ def slow_motion(pids: list[int], share: float = 0.1) -> Iterator[None]:
     finally:
         done.set()
         thread.join()
+
+
+def held_encode(events: Any, source: Path) -> tuple[str, dict[str, Any]]:
+    """Upload ``source`` per-rung, wait on ``events`` (a ``support.events.Events`` subscribed to
+    ``task.*``) for its encode's start and hold that encode's ffmpeg: the job id and the
+    ``task.started`` event (its ``pid`` is the pool process running the encode)."""
+    job_id = upload_job(source, "--mode", "per-rung")
+    started = events.wait(
+        lambda e: (
+            e["event"] == "task.started" and e["task"] == "encode" and e.get("job_id") == job_id
+        ),
+        60,
+        "the encode's start",
+    )
+    hold_ffmpeg(job_id)
+    return job_id, started
