@@ -21,6 +21,7 @@ from urllib3.exceptions import HTTPError as StorageConnectionError
 from dlq_inspector.operations import MessagesNotFound
 from uploader.playback import PlaybackError
 from uploader.web.intake import UploadError
+from uploader.web.refusal import Refusal
 
 #: Stable codes for the framework's own errors.
 HTTP_CODES = {
@@ -55,7 +56,7 @@ def as_api_error(exc: Exception) -> ApiError:
     """The domain errors routes let through, as the API reports them."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, UploadError | PlaybackError):
+    if isinstance(exc, UploadError | PlaybackError | Refusal):
         return ApiError(exc.status, exc.code, exc.message)
     if isinstance(exc, MessagesNotFound):
         return ApiError(404, "unknown_message", str(exc))
@@ -89,7 +90,7 @@ def install_error_handlers(app: FastAPI, security_headers: dict[str, str]) -> No
         message = f"{type(exc).__name__}: {exc}"
         return error_response(500, "internal_error", message, security_headers)
 
-    for kind in (ApiError, UploadError, PlaybackError, MessagesNotFound):
+    for kind in (ApiError, UploadError, PlaybackError, MessagesNotFound, Refusal):
         app.add_exception_handler(kind, domain)
     app.add_exception_handler(StarletteHTTPException, http)
     app.add_exception_handler(RequestValidationError, invalid)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from uploader.web.refusal import Refusal
+
 #: Workers one fleet may be asked for: a bound, so a typo cannot fork a hundred ffmpeg pools.
 MAX_WORKERS = 16
 
 
-class FleetError(Exception):
+class FleetError(Refusal):
     """A fleet action refused: a stable code and a message for a person."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class FleetControl(Protocol):

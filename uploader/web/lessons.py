@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from uploader.web.refusal import Refusal
 
-class LessonError(Exception):
+
+class LessonError(Refusal):
     """A lesson request refused: a stable code and a message for a person."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class LessonsControl(Protocol):

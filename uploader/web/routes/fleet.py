@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from uploader.web.errors import ApiError
-from uploader.web.fleet import MAX_WORKERS, FleetControl, FleetError
+from uploader.web.fleet import MAX_WORKERS, FleetControl
 from uploader.web.state import Web, WebState
 
 #: The longest S3 cut a button may ask for.
@@ -41,10 +41,7 @@ def _fleet(web: WebState) -> FleetControl:
 async def _call(web: WebState, action: str, *args: Any) -> dict[str, Any]:
     """A supervisor call off the event loop (they signal, spawn and wait on sockets)."""
     fleet = _fleet(web)
-    try:
-        return await run_in_threadpool(getattr(fleet, action), *args)
-    except FleetError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+    return await run_in_threadpool(getattr(fleet, action), *args)  # its refusals: errors.py
 
 
 @router.get("/api/fleet")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from uploader.web.errors import ApiError
-from uploader.web.lessons import LessonError, LessonsControl
+from uploader.web.lessons import LessonsControl
 from uploader.web.state import Web, WebState
 
 router = APIRouter()
@@ -33,10 +33,7 @@ def _lessons(web: WebState) -> LessonsControl:
 
 async def _call(web: WebState, action: str, *args: Any) -> Any:
     lessons = _lessons(web)
-    try:
-        return await run_in_threadpool(getattr(lessons, action), *args)
-    except LessonError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+    return await run_in_threadpool(getattr(lessons, action), *args)  # its refusals: errors.py
 
 
 @router.get("/api/lessons")
