@@ -68,7 +68,7 @@ from capacity_refs import (  # noqa: E402
 )
 from capacity_report import print_fits, print_model  # noqa: E402
 from support.fleet import WorkerFleet  # noqa: E402
-from support.stack import Stack  # noqa: E402
+from support.stack import Stack, patched_environ  # noqa: E402
 from sweep_media import Source, make_source  # noqa: E402
 
 #: mode name -> (the upload's mode, the fleet's extra settings)
@@ -110,19 +110,13 @@ def counted_stack() -> Iterator[tuple[Stack, S3Meter]]:
 
     stack = Stack("bench-capacity", "bench")
     stack.up()
-    saved = {key: os.environ.get(key) for key in stack.env}
-    os.environ.update(stack.env)
-    get_settings.cache_clear()
     try:
-        meter = S3Meter(Settings().bucket_prefix)
-        meter.install(stack.s3._server)  # the running werkzeug server: its handler calls .app
-        yield stack, meter
+        with patched_environ(stack.env):
+            get_settings.cache_clear()
+            meter = S3Meter(Settings().bucket_prefix)
+            meter.install(stack.s3._server)  # the running werkzeug server: its handler calls .app
+            yield stack, meter
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         stack.down()
 
 
