@@ -6,6 +6,7 @@ real three-node cluster with the same kind of `;`-separated broker list.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import subprocess
@@ -119,26 +120,29 @@ def test_secrets_have_no_defaults(cluster: dict) -> None:
                     interpolate(value, {})
 
 
+def compose_config(
+    binary: list[str], *args: str, env: dict[str, str]
+) -> subprocess.CompletedProcess:
+    """``compose -f docker-compose.cluster.yml config ARGS`` with only ``env`` (and PATH) set."""
+    return subprocess.run(
+        [*binary, "-f", str(CLUSTER_FILE), "config", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", **env},
+    )
+
+
 def test_compose_binary_validates_the_cluster_file_offline() -> None:
     binary = compose_binary()
     if binary is None:
-        pytest.skip("no compose binary here (.ci/run installs one, so CI validates)")
-    run = subprocess.run(
-        [*binary, "-f", str(CLUSTER_FILE), "config", "--services"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin", **CLUSTER_ENV},
-    )
+        message = "no `docker compose` plugin nor `docker-compose` here: structure checked above"
+        if os.environ.get("CI"):  # .ci/run installs docker-compose: CI always validates
+            pytest.fail(message)
+        pytest.skip(message)
+    run = compose_config(binary, "--services", env=CLUSTER_ENV)
     assert run.returncode == 0, run.stderr
     assert set(run.stdout.split()) == RABBITMQ_NODES | MINIO_NODES | set(SAME_COMMAND)
-    missing = subprocess.run(
-        [*binary, "-f", str(CLUSTER_FILE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin", **DOT_ENV},
-    )
+    missing = compose_config(binary, "-q", env=DOT_ENV)
     assert missing.returncode != 0 and "RABBITMQ_ERLANG_COOKIE" in missing.stderr
