@@ -26,6 +26,7 @@ from support.storage import (
     jobs,
     settings,
     storage,
+    stray_renditions,
     wait_for_job,
 )
 from support.waiting import wait_for
@@ -34,8 +35,9 @@ from config.topology import CONTROL_QUEUE_NAME, ENCODE_QUEUE_NAME
 from console.tcp_proxy import TcpProxy
 from core.failures import load_failure
 from core.job_model import ErrorInfo, Manifest, SourceInfo
-from core.layout import RENDITIONS, UPLOADS, source_key
+from core.layout import LIVE_PLAYLIST_NAME, RENDITIONS, UPLOADS, rendition_prefix, source_key
 from core.storage import parse_uri
+from worker.lanes import lane_of
 
 #: Chunked mode with 2 s chunks and segments, so a short source has several chunks.
 CHUNKED_ENV = {"ENCODEQ_CHUNK_SECONDS": "2", "ENCODEQ_STRAGGLER_MIN_S": "600"}
@@ -96,9 +98,13 @@ def _ffmpeg_of(job_id: str, rendition: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_late_duplicate_encode_cannot_break_a_completed_job(workers, media_dir, tmp_path):
+@pytest.mark.parametrize("ending", ["dies", "finishes"])
+def test_a_late_duplicate_encode_cannot_break_a_completed_job(
+    workers, media_dir, tmp_path, ending: str
+):
     """Hold one rung's ffmpeg (SIGSTOP), deliver a duplicate of that encode, let the job
-    complete, then resume and kill the held copy: the job stays completed and plays."""
+    complete, then resume the held copy, which dies or finishes: the job stays completed and
+    plays, and the live playlist the late copy wrote is gone with it."""
     # Long enough that the held copy is still encoding well after the job completed.
     source = make_video(media_dir / "duplicate.mp4", 1280, 720, duration=16)
     # The held worker takes encodes only: a finalize it prefetched could not run while its one
@@ -118,10 +124,12 @@ def test_a_late_duplicate_encode_cannot_break_a_completed_job(workers, media_dir
             held[:] = wait_for(lambda: _ffmpeg_of(job_id, rung), 30, f"the ffmpeg of {rung}")
             for pid in held:
                 os.kill(pid, signal.SIGSTOP)
-            # The duplicate: what a lost connection or a consumer timeout would redeliver.
+            # The duplicate: what a lost connection or a consumer timeout would redeliver, on
+            # the held copy's own queue, where only the rescuer can take it (the held worker's
+            # other lanes are other Celery nodes: one of them would run it at once).
             from worker.modes.per_rung import encode
 
-            encode.apply_async(args=[job_id, rung])
+            encode.apply_async(args=[job_id, rung], queue=lane_of(jobs().load(job_id)))
             workers.start("rescuer")
             manifest = wait_for_job(job_id, timeout=180)
             assert manifest.state == "completed", manifest.error
@@ -131,18 +139,37 @@ def test_a_late_duplicate_encode_cannot_break_a_completed_job(workers, media_dir
             seen = {"rendition.progress": 0, "rendition.playable": 0}
 
             def held_progress_and_live(e: dict) -> bool:
-                held_copy = e["job_id"] == job_id and e.get("worker", "").startswith("held@")
+                held_copy = e["job_id"] == job_id and e.get("worker") == started["worker"]
                 if held_copy and e["event"] in seen:
                     seen[e["event"]] += 1
                 return seen["rendition.progress"] >= 2 and seen["rendition.playable"] >= 1
 
+            live = f"{rendition_prefix(job_id, rung)}{LIVE_PLAYLIST_NAME}"
+            assert storage().get_bytes(RENDITIONS, live) is None  # finalize removed it
             with slow_motion(held):
                 events.wait(held_progress_and_live, 120, "the held copy's progress and playlist")
-            # ...and dies (an OOM kill, say): its task fails.
-            for pid in held:
-                os.kill(pid, signal.SIGKILL)
-            # Its task fails for good (dead-lettered: never acked into nothing)...
-            wait_for(lambda: dlq_for(job_id=job_id), 60, "the held copy's dead letter")
+                # its next segment: the live playlist is back, written after the job's end
+                wait_for(
+                    lambda: storage().get_bytes(RENDITIONS, live), 120, "the late live playlist"
+                )
+            if ending == "dies":  # an OOM kill, say: its task fails
+                for pid in held:
+                    os.kill(pid, signal.SIGKILL)
+                # for good (dead-lettered: never acked into nothing)...
+                wait_for(lambda: dlq_for(job_id=job_id), 60, "the held copy's dead letter")
+            else:  # it runs to its end and completes the rung a second time
+                for pid in held:
+                    os.kill(pid, signal.SIGCONT)
+                events.wait(
+                    lambda e: (
+                        e["event"] == "rendition.completed"
+                        and e["job_id"] == job_id
+                        and e.get("worker") == started["worker"]
+                    ),
+                    180,
+                    "the held copy's end",
+                )
+                assert not dlq_for(job_id=job_id)
     finally:
         for pid in held:  # a stopped ffmpeg must not outlive a failed test
             with contextlib.suppress(ProcessLookupError):
@@ -157,6 +184,8 @@ def test_a_late_duplicate_encode_cannot_break_a_completed_job(workers, media_dir
         text = storage().get_bytes(RENDITIONS, parse_uri(r.playlist)[1]).decode()
         assert text.rstrip().endswith("#EXT-X-ENDLIST"), (r.name, text[-200:])
     assert_plays_every_frame(after, decoded_frames(source), tmp_path)
+    # What the late copy wrote after the job's cleanup went when the copy ended.
+    assert stray_renditions(after) == []
 
 
 # --- 4: no job is left queued without a message -----------------------------------------------

@@ -60,6 +60,12 @@ class SegmentUploader:
         if self._thread.is_alive():
             self._thread.join()
 
+    @property
+    def wrote_live(self) -> bool:
+        """Whether a live playlist went to storage (its writer then owes the check of
+        core/intermediates.remove_live_if_ended)."""
+        return self._live_segments > 0
+
     def _upload_ready(self) -> None:
         for path in sorted(self.folder.glob("*.ts")):
             if path.name not in self._done:

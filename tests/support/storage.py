@@ -7,11 +7,12 @@ from pathlib import Path
 from config.settings import Settings
 from console.up import stack
 from core.job_model import Manifest
-from core.layout import RENDITIONS
+from core.layout import RENDITIONS, job_prefix
 from core.manifest import JobStore
 from core.storage import Storage, parse_uri
 from support.media import decoded_frames
 from support.waiting import wait_for
+from worker.hls import read_media_playlist_text
 
 
 def settings() -> Settings:
@@ -54,6 +55,21 @@ def assert_plays_every_frame(manifest: Manifest, expected: int, into: Path) -> N
     for r in manifest.renditions:
         assert r.state == "completed" and r.playlist, r
         assert decoded_frames(download_rendition(r.playlist, into / r.name)) == expected, r.name
+
+
+def stray_renditions(manifest: Manifest, store: Storage | None = None) -> list[str]:
+    """Objects under a completed job's renditions that neither its master, its poster nor its
+    rungs' playlists name: a live playlist or live master left behind, a segment of another cut,
+    what a late duplicate of a task could leave. A finished job has none."""
+    store = store or storage()
+    named = {parse_uri(uri)[1] for uri in (manifest.master_playlist, manifest.poster) if uri}
+    for r in manifest.renditions:
+        assert r.playlist, r
+        key = parse_uri(r.playlist)[1]
+        folder = key.rsplit("/", 1)[0]
+        text = store.get_bytes(RENDITIONS, key).decode()
+        named |= {key} | {f"{folder}/{name}" for _, name in read_media_playlist_text(text)}
+    return sorted(set(store.list_keys(RENDITIONS, job_prefix(manifest.job_id))) - named)
 
 
 def open_cors(logical: str) -> None:

@@ -22,6 +22,7 @@ from config.topology import ENCODE_RUNG_TASK
 from core import metrics
 from core.errors import EncodeError
 from core.events import emit
+from core.intermediates import remove_live_if_ended
 from core.job_model import Manifest, ProbeResult, Rendition
 from core.layout import PLAYLIST_NAME, rendition_prefix
 from core.manifest import JobStore
@@ -113,14 +114,19 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
         # the rung plays from its first segment on (worker/finalize.py)
         live = partial(rung_playable, storage, jobs, manifest, record, folder=out_dir)
         prefix = rendition_prefix(job_id, rendition)
-        with SegmentUploader(storage, out_dir, prefix, out_dir / PLAYLIST_NAME, live) as uploads:
-            started = time.monotonic()
-            try:
-                result = encoder.encode(source, probe, plan, out_dir, settings, on_progress)
-            except process.ProcessFailed as exc:
-                raise EncodeError("encode_failed", f"ffmpeg failed: {exc}") from None
-            metrics.rung_encoded(rendition, time.monotonic() - started, result.stats.duration)
-            playlist_uri = uploads.finish(result.folder / PLAYLIST_NAME)
+        uploads = SegmentUploader(storage, out_dir, prefix, out_dir / PLAYLIST_NAME, live)
+        try:
+            with uploads:
+                started = time.monotonic()
+                try:
+                    result = encoder.encode(source, probe, plan, out_dir, settings, on_progress)
+                except process.ProcessFailed as exc:
+                    raise EncodeError("encode_failed", f"ffmpeg failed: {exc}") from None
+                metrics.rung_encoded(rendition, time.monotonic() - started, result.stats.duration)
+                playlist_uri = uploads.finish(result.folder / PLAYLIST_NAME)
+        finally:  # however it ends: a late copy's live playlist must not outlive its job
+            if uploads.wrote_live:
+                remove_live_if_ended(jobs, job_id)
     record = _completed(record, result, playlist_uri, probe, plan, settings)
     rendition_done(jobs, job_id, record, playlist_uri, list(planned))
     _publish_next(self, jobs, manifest, rendition)
