@@ -11,10 +11,10 @@ live playlists go at once, with each failure (worker/failure_handling.py): they 
 player segments that never come.
 
 A copy of a task still running when its job ended (a duplicate delivery, a worker cut off from
-the broker whose task ran on) may write a live playlist after that cleanup. Each end of a job
-(finalize, a failure, a cancel) saves the job's state first and removes its live playlists after;
-each writer of one looks at the job's state after its write and removes them itself if the job
-ended (``remove_live_if_ended``). Whichever order the two run in, nothing is left.
+the broker whose task ran on) may write an intermediate after that cleanup. Each end of a job
+(finalize, a failure, a cancel) saves the job's state first and removes after; each writer of one
+looks at the job's state after its write and removes them itself if the job ended
+(``remove_if_ended``). Whichever order the two run in, nothing is left.
 """
 
 from __future__ import annotations
@@ -63,14 +63,19 @@ def remove_intermediates_quietly(storage: Storage, job_id: str) -> None:
         logger.warning("job %s: could not remove its intermediate objects", job_id, exc_info=True)
 
 
-def remove_live_if_ended(jobs: JobStore, job_id: str) -> None:
-    """The writer's half of the fence above: called after writing a live playlist or the live
-    master. Best effort, like ``remove_intermediates_quietly``: storage down leaves a stray
-    playlist, never a broken job, and must not turn the task's own outcome into another."""
+def remove_if_ended(jobs: JobStore, job_id: str) -> None:
+    """The writer's half of the fence above, called after writing an intermediate object: if the
+    job ended meanwhile, what it must not keep goes (a completed or cancelled job keeps none; a
+    failed one keeps its chunks for a replay, not its live playlists). Best effort, like
+    ``remove_intermediates_quietly``: storage down leaves a stray object, never a broken job, and
+    must not turn the task's own outcome into another."""
     try:
         job = jobs.load_job(job_id)
-        if job is not None and job.finished:
-            removed = remove_live(jobs.storage, job_id)
-            logger.info("job %s ended while a copy ran: removed %d live playlists", job_id, removed)
+        if job is None or not job.finished:
+            return
+        storage = jobs.storage
+        failed = job.state == "failed"
+        removed = remove_live(storage, job_id) if failed else remove_intermediates(storage, job_id)
+        logger.info("job %s ended while a copy ran: removed %d late objects", job_id, removed)
     except Exception:
-        logger.warning("job %s: could not check for late live playlists", job_id, exc_info=True)
+        logger.warning("job %s: could not check for late intermediates", job_id, exc_info=True)

@@ -17,7 +17,7 @@ from config.retry_policy import retry_options
 from config.settings import get_settings
 from core.errors import PermanentError
 from core.events import emit
-from core.intermediates import remove_intermediates_quietly, remove_live_if_ended
+from core.intermediates import remove_if_ended, remove_intermediates_quietly
 from core.job_model import Manifest, Rendition
 from core.layout import (
     RENDITIONS,
@@ -119,9 +119,9 @@ def finalize(self: Task, job_id: str) -> None:
     job.master_playlist, job.poster = master_uri, poster_uri
     job.state, job.error = "completed", None
     jobs.save(job)
-    # Again, now that the job says it ended: what a late copy of an encode wrote since the
-    # first removal (core/intermediates.py: the finalizer's half of the fence).
-    remove_live_if_ended(jobs, job_id)
+    # Again, now that the job says it ended: what a late copy of a task wrote since the first
+    # removal (core/intermediates.py: the finalizer's half of the fence).
+    remove_if_ended(jobs, job_id)
     host_cache.job_ended(job_id)  # here now; every other host on the event
     emit(app, "job.completed", job_id=job_id, master_playlist=master_uri)
 
@@ -163,7 +163,7 @@ def rung_playable(
         rung.codecs = rung.codecs or encoder.codecs_of(folder, probe.has_audio, get_settings())
         # first: a record that says it plays finds the live master naming it
         publish_live_master(storage, current, rung)
-        remove_live_if_ended(jobs, manifest.job_id)  # it may have ended since ``current``
+        remove_if_ended(jobs, manifest.job_id)  # it may have ended since ``current``
     jobs.save_rendition(manifest.job_id, rung)
     emit(
         app,

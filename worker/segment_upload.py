@@ -63,7 +63,7 @@ class SegmentUploader:
     @property
     def wrote_live(self) -> bool:
         """Whether a live playlist went to storage (its writer then owes the check of
-        core/intermediates.remove_live_if_ended)."""
+        core/intermediates.remove_if_ended)."""
         return self._live_segments > 0
 
     def _upload_ready(self) -> None:

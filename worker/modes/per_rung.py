@@ -22,7 +22,7 @@ from config.topology import ENCODE_RUNG_TASK
 from core import metrics
 from core.errors import EncodeError
 from core.events import emit
-from core.intermediates import remove_live_if_ended
+from core.intermediates import remove_if_ended
 from core.job_model import Manifest, ProbeResult, Rendition
 from core.layout import PLAYLIST_NAME, rendition_prefix
 from core.manifest import JobStore
@@ -126,7 +126,7 @@ def encode(self: Task, job_id: str, rendition: str) -> None:
                 playlist_uri = uploads.finish(result.folder / PLAYLIST_NAME)
         finally:  # however it ends: a late copy's live playlist must not outlive its job
             if uploads.wrote_live:
-                remove_live_if_ended(jobs, job_id)
+                remove_if_ended(jobs, job_id)
     record = _completed(record, result, playlist_uri, probe, plan, settings)
     rendition_done(jobs, job_id, record, playlist_uri, list(planned))
     _publish_next(self, jobs, manifest, rendition)

@@ -17,6 +17,7 @@ from config.settings import Settings, get_settings
 from core import metrics
 from core.errors import EncodeError, PermanentError
 from core.events import emit
+from core.intermediates import remove_if_ended
 from core.job_model import ChunkRecord, Manifest, ProbeResult, now_iso
 from core.layout import AUDIO, UPLOADS, audio_key, chunk_output_key
 from core.manifest import JobStore
@@ -66,6 +67,7 @@ def encode_chunk(self: Task, job_id: str, index: int, offer: int = 1) -> None:
         for name, path in outputs.items():
             key = chunk_output_key(job_id, name, index)
             host_cache.put(storage, job_id, UPLOADS, key, path, "video/mp2t")
+        remove_if_ended(jobs, job_id)  # the job may have completed since _lost looked
     record = record.model_copy(
         update={
             "state": "completed",
@@ -233,6 +235,7 @@ def encode_audio(self: Task, job_id: str) -> None:
         out = folder / "audio.ts"
         _encode_audio(source, manifest.source.probe, out, settings)
         host_cache.put(storage, job_id, UPLOADS, audio_key(job_id), out, "video/mp2t")
+        remove_if_ended(jobs, job_id)  # a late copy's audio must not outlive its job
     record.state, record.seconds = "completed", round(time.monotonic() - started, 3)
     jobs.save_chunk(job_id, record)
     join_when_done(jobs, manifest)
