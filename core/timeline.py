@@ -18,7 +18,7 @@ from typing import Any
 #: Runs kept (the oldest go first): minutes of a busy fleet, a bounded answer.
 KEEP_RUNS = 500
 #: The fields a run takes from its events as they are.
-RUN_FIELDS = ("task", "job_id", "label", "worker", "worker_hostname", "queue")
+RUN_FIELDS = ("task", "job_id", "label", "worker", "worker_hostname", "queue", "lesson")
 #: What a finish event adds.
 FINISH_FIELDS = ("countdown", "code", "reason", "runtime_s")
 
@@ -34,6 +34,8 @@ class TaskRun:
     label: str | None = None
     worker_hostname: str | None = None
     queue: str | None = None
+    #: The lesson whose scratch vhost ran it (console/learn/event_relay.py), else None.
+    lesson: str | None = None
     redelivered: bool = False
     retries: int = 0
     finished_at: str | None = None

@@ -12,11 +12,14 @@ import json
 import os
 import random
 import threading
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import uvicorn
+from kombu import Connection, Producer
 from support.broker import scratch_vhost
 from support.http import http_json
 from support.waiting import wait_for
@@ -26,6 +29,7 @@ from console.learn.dashboard import LessonRunner
 from console.learn.lesson import Counter, LessonContext, Outcome, SilentNarrator
 from console.learn.scenarios import back_pressure, log, ordering, request_reply
 from console.s3server import free_port
+from core.events import publish_event
 from uploader.web.app import create_app
 from uploader.web.lessons import LessonError
 
@@ -165,7 +169,14 @@ AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 def lessons_api() -> Iterator[str]:
     """The app as ``encodeq up`` builds it, with the real lesson runner (scratch vhosts through
     console/learn/scratch.py), served by uvicorn on a thread; yields its base URL."""
-    app = create_app(Settings(api_token=TOKEN), lessons=LessonRunner())
+    with served(LessonRunner()) as base:
+        yield base
+
+
+@contextmanager
+def served(lessons: LessonRunner) -> Iterator[str]:
+    """The dashboard's app with ``lessons``, served by uvicorn on a thread: its base URL."""
+    app = create_app(Settings(api_token=TOKEN), lessons=lessons)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
     server = uvicorn.Server(config)
@@ -218,12 +229,44 @@ def test_lessons_through_the_dashboard_api(lessons_api: str) -> None:
     assert (status, doc["error"]["code"]) == (404, "no_such_run")
 
 
+def test_a_lessons_task_runs_are_on_the_dashboards_timeline(vhost: str) -> None:
+    """A lesson's workers run in its scratch vhost, whose events the page's subscription never
+    sees: their task runs are relayed to the timeline (``GET /api/timeline``), tagged with the
+    lesson, and nothing else is (a job event of the lesson's is no run)."""
+    served_at: dict[str, str] = {}
+
+    def timeline() -> list[dict[str, Any]]:
+        return http_json("GET", f"{served_at['base']}/api/timeline", headers=AUTH)[1]["runs"]
+
+    def workers_run(scenario: Any, narrator: Any, seed: int, knobs: Any, watch: Any = None):
+        assert watch is not None, "the dashboard's runner relays no task events"
+        run = {"task_id": uuid.uuid4().hex, "task": "encode", "worker": "learn1@host", "pid": 7}
+        with watch(vhost), Connection(vhost) as connection:  # a lesson's worker, in its vhost
+            producer = Producer(connection)
+            publish_event(producer, "task.started", **run, job_id="scratch-job")
+            publish_event(producer, "job.queued", job_id="scratch-job", filename="a.mp4")
+            publish_event(producer, "task.finished", **run, outcome="ok", runtime_s=0.5)
+            wait_for(
+                lambda: any(r["outcome"] == "ok" for r in timeline()), 30, "the relayed run's end"
+            )
+        return Outcome(passed=True, counters={"runs": 1}, lesson="relayed", see="here")
+
+    with served(LessonRunner(runner=workers_run)) as base:
+        served_at["base"] = base
+        done = finished_run(base, "log", {})
+        assert done["state"] == "done", done
+        runs = timeline()
+    assert [(r["worker"], r["lesson"], r["outcome"], r["job_id"]) for r in runs] == [
+        ("learn1@host", "log", "ok", "scratch-job")
+    ]
+
+
 @pytest.mark.unit
 def test_one_lesson_at_a_time_on_the_dashboard() -> None:
     """A second start while one runs is refused (409); the first still finishes."""
     release = threading.Event()
 
-    def held(scenario: Any, narrator: Any, seed: int, knobs: Any) -> Outcome:
+    def held(scenario: Any, narrator: Any, seed: int, knobs: Any, watch: Any = None) -> Outcome:
         narrator.step("holding")
         release.wait(30)
         return Outcome(passed=True, counters={"n": 1}, lesson="kept", see="here")

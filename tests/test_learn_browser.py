@@ -1,6 +1,7 @@
 """The Lessons card of ``encodeq up`` in Chromium: a lesson run from the page narrates as it
 happens and ends with the verdict and the broker counters it was computed from; the same lesson
-with its mechanism broken through a knob on the page ends with ``fail``.
+with its mechanism broken through a knob on the page ends with ``fail``; a lesson's workers (in
+its scratch vhost) are lanes on the page's timeline, their redelivered run marked.
 """
 
 from __future__ import annotations
@@ -62,6 +63,35 @@ def test_a_lesson_from_the_page_and_the_same_one_broken(
             assert verdict == "fail", counters
             assert int(counters["lost"]) > 0 and counters["nacks"] == "0"
             assert "broken: wait_for_confirms=false" in page.inner_text("#lesson-title")
+            assert errors == []
+    finally:
+        assert up.interrupt() == 0, up.output()
+
+
+def test_a_lessons_workers_are_on_the_timeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delivery lesson kills a worker mid-task under late acks: the page's timeline shows the
+    lesson's workers as lanes of their own beside the fleet's, and the task the broker delivered
+    again as a redelivered bar."""
+    monkeypatch.setenv("ENCODEQ_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    up = Up(tmp_path / "data", workers=1)
+    try:
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors = watch_errors(page)
+            page.goto(up.link)
+            page.wait_for_selector("#lessons:not([hidden])")
+            page.click('#lesson-list button[data-lesson="delivery"]')
+            verdict, counters = verdict_of(page)
+            assert verdict == "pass", counters
+            lanes = page.locator('#timeline-lanes .lane[data-lesson="delivery"]')
+            assert lanes.count() >= 2  # the killed worker and the one that took its task over
+            assert "lesson delivery" in lanes.first.inner_text()
+            redelivered = lanes.locator('.bar[data-redelivered="true"]')
+            assert redelivered.count() >= 1
+            # the fleet's own worker keeps its lane, apart from the lesson's
+            assert page.locator("#timeline-lanes .lane:not([data-lesson])").count() >= 1
             assert errors == []
     finally:
         assert up.interrupt() == 0, up.output()

@@ -13,13 +13,15 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 from console.learn.catalog import SCENARIOS, find
+from console.learn.event_relay import Sink, relayed_task_events
 from console.learn.lesson import Counter, Narrator, Outcome, Scenario
-from console.learn.scratch import ScratchError, check_knobs, run_scenario
+from console.learn.scratch import ScratchError, Watch, check_knobs, run_scenario
 from uploader.web.lessons import LessonError
 
 #: Finished runs kept for the page to read (the oldest forgotten first).
@@ -27,7 +29,18 @@ KEEP_RUNS = 20
 #: How long ``stop`` lets a running lesson finish and clean up its scratch space.
 STOP_WAIT_S = 60.0
 
-Runner = Callable[[Scenario, Narrator, int, Mapping[str, Counter]], Outcome]
+
+class Runner(Protocol):
+    """``scratch.run_scenario``'s shape (tests hand the runner another)."""
+
+    def __call__(
+        self,
+        scenario: Scenario,
+        narrator: Narrator,
+        seed: int,
+        knobs: Mapping[str, Counter],
+        watch: Watch | None = None,
+    ) -> Outcome: ...
 
 
 class RecordingNarrator:
@@ -89,6 +102,7 @@ class LessonRunner:
 
     def __init__(self, runner: Runner = run_scenario) -> None:
         self._runner = runner
+        self._sink: Sink | None = None
         self._runs: OrderedDict[str, LessonRun] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -122,11 +136,23 @@ class LessonRunner:
         run.thread.start()
         return {"id": run.id, "name": name, "seed": run.seed, "state": run.state}
 
+    def forward_task_events(self, sink: Sink) -> None:
+        """Each task run of a lesson's workers goes to ``sink`` too (the page's timeline),
+        tagged ``lesson`` (its name) and ``lesson_run`` (the run's id)."""
+        self._sink = sink
+
+    def _watch(self, run: LessonRun) -> Watch | None:
+        if self._sink is None:
+            return None
+        tags = {"lesson": run.scenario.name, "lesson_run": run.id}
+        return partial(relayed_task_events, sink=self._sink, tags=tags)
+
     def _run(self, run: LessonRun) -> None:
         narrator = run.narrator
         narrator.step(f"seed {run.seed}")
         try:
-            run.outcome = self._runner(run.scenario, narrator, run.seed, run.knobs)
+            watch = self._watch(run)
+            run.outcome = self._runner(run.scenario, narrator, run.seed, run.knobs, watch=watch)
             run.state = "done"
         except ScratchError as exc:
             run.error, run.state = str(exc), "error"

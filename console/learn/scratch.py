@@ -14,8 +14,8 @@ import random
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -32,6 +32,10 @@ from console.s3server import EmbeddedS3, answers
 from core.storage import Storage
 
 log = logging.getLogger(__name__)
+
+
+#: What may run around a lesson, given its scratch vhost's broker URL.
+Watch = Callable[[str], AbstractContextManager[object]]
 
 
 class ScratchError(RuntimeError):
@@ -172,9 +176,12 @@ def run_scenario(
     narrator: Narrator,
     seed: int | None = None,
     knobs: Mapping[str, Counter] | None = None,
+    watch: Watch | None = None,
 ) -> Outcome:
     """Run ``scenario`` in a scratch space of its own and return its outcome; the scratch space
-    is gone when this returns or raises. ``seed`` None: a random one (``context.rng``)."""
+    is gone when this returns or raises. ``seed`` None: a random one (``context.rng``).
+    ``watch``: entered with the scratch vhost's broker URL around the run (the dashboard relays
+    the lesson's task events with it: console/learn/event_relay.py)."""
     knobs = dict(knobs or {})
     check_knobs(scenario, knobs)
     rng = random.Random(seed if seed is not None else random.SystemRandom().randrange(2**32))
@@ -192,4 +199,5 @@ def run_scenario(
             env=scratch.env,
             workdir=scratch.workdir,
         )
-        return scenario.run(context)
+        with watch(scratch.broker_url) if watch is not None else nullcontext():
+            return scenario.run(context)

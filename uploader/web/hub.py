@@ -94,6 +94,12 @@ class EventHub:
             with contextlib.suppress(RuntimeError):  # its loop is closed: the server is stopping
                 client.loop.call_soon_threadsafe(client.put, event)
 
+    def inject(self, event: dict[str, Any]) -> None:
+        """An event this server's subscription cannot see (a lesson's task run, from its scratch
+        vhost: console/learn/event_relay.py), kept and sent as if it had brought it."""
+        self.monitor.apply(event)
+        self._broadcast(event)
+
     # --- the thread -----------------------------------------------------------------------------
     def _run(self) -> None:
         loaded = False

@@ -8,6 +8,7 @@ there is none and the lesson routes answer 404 ``no_lessons``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from uploader.web.refusal import Refusal
@@ -27,6 +28,12 @@ class LessonsControl(Protocol):
     def start(self, name: str, knobs: dict[str, Any]) -> dict[str, Any]:
         """Start one run (``knobs`` over the lesson's defaults); returns at once with its ``id``.
         LessonError: no such lesson (404), an unknown knob (400), one already running (409)."""
+        ...
+
+    def forward_task_events(self, sink: Callable[[dict[str, Any]], None]) -> None:
+        """From now on, hand ``sink`` each ``task.*`` event of a running lesson's workers (they
+        run in a scratch vhost the page does not subscribe to), tagged ``lesson``: the page's
+        timeline draws them beside the fleet's."""
         ...
 
     def state(self, run_id: str) -> dict[str, Any]:

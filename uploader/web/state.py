@@ -56,6 +56,8 @@ class WebState:
 
         media = [security.origin_of(settings.s3_public_endpoint or settings.s3_endpoint)]
         hub = EventHub(settings.broker_url, JobStore(Storage(settings)))
+        if lessons is not None:  # a lesson's task runs are bars on the timeline too
+            lessons.forward_task_events(hub.inject)
         return cls(
             settings=settings,
             token=token,

@@ -74,7 +74,7 @@ const timelineView = (() => {
     return addRun({
       task_id: event.task_id, task: event.task, job_id: event.job_id, label: event.label,
       worker: event.worker, worker_hostname: event.worker_hostname || workerOfNode(event.worker || "?"),
-      pid: event.pid, queue: event.queue, redelivered: Boolean(event.redelivered),
+      pid: event.pid, queue: event.queue, lesson: event.lesson || null, redelivered: Boolean(event.redelivered),
       retries: event.retries || 0, started_at: startedAt, finished_at: null, outcome: "running",
     });
   }
@@ -195,7 +195,7 @@ const timelineView = (() => {
     }
   }
 
-  function laneFor(worker, fleetWorker) {
+  function laneFor(worker, fleetWorker, lesson) {
     let lane = timeline.lanes.get(worker);
     if (!lane) {
       const name = el("span", { class: "name" });
@@ -209,7 +209,9 @@ const timelineView = (() => {
     }
     const state = fleetWorker ? fleetWorker.state : "";
     lane.element.dataset.state = state || "seen";
-    lane.name.textContent = fleetWorker ? `${fleetWorker.name} · ${worker}` : worker;
+    // A lesson's worker runs in the lesson's scratch vhost (console/learn/event_relay.py).
+    if (lesson) lane.element.dataset.lesson = lesson;
+    lane.name.textContent = fleetWorker ? `${fleetWorker.name} · ${worker}` : lesson ? `lesson ${lesson} · ${worker}` : worker;
     lane.state.textContent = state;
     lane.state.className = `lane-state ${state}`;
     return lane;
@@ -305,7 +307,8 @@ const timelineView = (() => {
     for (const [worker, nodes] of [...byWorker.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
       const fleetWorker = timeline.fleet && timeline.fleet.get(worker);
       const gone = Boolean(fleetWorker && ["killed", "exited"].includes(fleetWorker.state));
-      const lane = laneFor(worker, fleetWorker);
+      const lesson = [...nodes.values()].flat().find((run) => run.lesson)?.lesson;
+      const lane = laneFor(worker, fleetWorker, lesson);
       const sorted = [...nodes.entries()].sort((a, b) => nodeRank(a[0]) - nodeRank(b[0]));
       const rows = sorted.map(([node, nodeRuns]) => drawRow(lane, node, nodeRuns, { gone, view }));
       syncChildren(lane.element, [lane.head, ...(rows.length ? rows : [lane.idle])]);
