@@ -237,6 +237,17 @@ def test_delivery_without_late_acks_loses_the_killed_tasks() -> None:
 
 
 @pytest.mark.slow
+def test_delivery_without_idempotent_keys_writes_the_duplicate() -> None:
+    outcome = run_with("delivery", idempotent_keys=False)
+    c = outcome.counters
+    assert outcome.verdict == "fail", c
+    assert c["late_runs"] == 2 and c["late_objects"] == 2  # late acks still redeliver
+    # the last act is now the second: run twice, and both runs' outputs stay
+    assert c["idempotent_runs"] == 2 and c["idempotent_redelivered"] == 1
+    assert c["idempotent_objects"] == 2
+
+
+@pytest.mark.slow
 def test_poison_is_dead_lettered_explained_and_replayed() -> None:
     code, doc = learn_json("poison")
     c = doc["counters"]

@@ -6,7 +6,9 @@ its scratch vhost) are lanes on the page's timeline, their redelivered run marke
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.browser import CHROMIUM, chromium, watch_errors
@@ -34,9 +36,10 @@ def verdict_of(page: object) -> tuple[str, dict[str, str]]:
     return box.get_attribute("data-verdict"), counters
 
 
-def test_a_lesson_from_the_page_and_the_same_one_broken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def lessons_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The dashboard of a fresh ``encodeq up`` (one worker) in Chromium, its Lessons card shown;
+    the page logged no error when the test ends, and ``up`` exits 0 on Ctrl-C."""
     monkeypatch.setenv("ENCODEQ_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     up = Up(tmp_path / "data", workers=1)
     try:
@@ -45,53 +48,45 @@ def test_a_lesson_from_the_page_and_the_same_one_broken(
             errors = watch_errors(page)
             page.goto(up.link)
             page.wait_for_selector("#lessons:not([hidden])")
-            names = page.eval_on_selector_all(
-                "#lesson-list li[data-lesson]", "ls => ls.map((l) => l.dataset.lesson)"
-            )
-            assert {"consumers-vs-pubsub", "durability", "back-pressure", "log"} <= set(names)
-
-            page.click('#lesson-list button[data-lesson="back-pressure"]')
-            verdict, counters = verdict_of(page)
-            assert verdict == "pass", counters
-            assert counters["lost"] == "0" and int(counters["nacks"]) > 0
-            assert page.locator("#lesson-steps li").count() >= 3  # narrated, step by step
-
-            page.uncheck("#knob-back-pressure-wait_for_confirms")
-            page.click('#lesson-list button[data-lesson="back-pressure"]')
-            page.wait_for_selector("#lesson-verdict[hidden]", state="attached")
-            verdict, counters = verdict_of(page)
-            assert verdict == "fail", counters
-            assert int(counters["lost"]) > 0 and counters["nacks"] == "0"
-            assert "broken: wait_for_confirms=false" in page.inner_text("#lesson-title")
+            yield page
             assert errors == []
     finally:
         assert up.interrupt() == 0, up.output()
 
 
-def test_a_lessons_workers_are_on_the_timeline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_lesson_from_the_page_and_the_same_one_broken(lessons_page: Any) -> None:
+    page = lessons_page
+    names = page.eval_on_selector_all(
+        "#lesson-list li[data-lesson]", "ls => ls.map((l) => l.dataset.lesson)"
+    )
+    assert {"consumers-vs-pubsub", "durability", "back-pressure", "log"} <= set(names)
+
+    page.click('#lesson-list button[data-lesson="back-pressure"]')
+    verdict, counters = verdict_of(page)
+    assert verdict == "pass", counters
+    assert counters["lost"] == "0" and int(counters["nacks"]) > 0
+    assert page.locator("#lesson-steps li").count() >= 3  # narrated, step by step
+
+    page.uncheck("#knob-back-pressure-wait_for_confirms")
+    page.click('#lesson-list button[data-lesson="back-pressure"]')
+    page.wait_for_selector("#lesson-verdict[hidden]", state="attached")
+    verdict, counters = verdict_of(page)
+    assert verdict == "fail", counters
+    assert int(counters["lost"]) > 0 and counters["nacks"] == "0"
+    assert "broken: wait_for_confirms=false" in page.inner_text("#lesson-title")
+
+
+def test_a_lessons_workers_are_on_the_timeline(lessons_page: Any) -> None:
     """The delivery lesson kills a worker mid-task under late acks: the page's timeline shows the
     lesson's workers as lanes of their own beside the fleet's, and the task the broker delivered
     again as a redelivered bar."""
-    monkeypatch.setenv("ENCODEQ_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
-    up = Up(tmp_path / "data", workers=1)
-    try:
-        with chromium() as browser:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            errors = watch_errors(page)
-            page.goto(up.link)
-            page.wait_for_selector("#lessons:not([hidden])")
-            page.click('#lesson-list button[data-lesson="delivery"]')
-            verdict, counters = verdict_of(page)
-            assert verdict == "pass", counters
-            lanes = page.locator('#timeline-lanes .lane[data-lesson="delivery"]')
-            assert lanes.count() >= 2  # the killed worker and the one that took its task over
-            assert "lesson delivery" in lanes.first.inner_text()
-            redelivered = lanes.locator('.bar[data-redelivered="true"]')
-            assert redelivered.count() >= 1
-            # the fleet's own worker keeps its lane, apart from the lesson's
-            assert page.locator("#timeline-lanes .lane:not([data-lesson])").count() >= 1
-            assert errors == []
-    finally:
-        assert up.interrupt() == 0, up.output()
+    page = lessons_page
+    page.click('#lesson-list button[data-lesson="delivery"]')
+    verdict, counters = verdict_of(page)
+    assert verdict == "pass", counters
+    lanes = page.locator('#timeline-lanes .lane[data-lesson="delivery"]')
+    assert lanes.count() >= 2  # the killed worker and the one that took its task over
+    assert "lesson delivery" in lanes.first.inner_text()
+    assert lanes.locator('.bar[data-redelivered="true"]').count() >= 1
+    # the fleet's own worker keeps its lane, apart from the lesson's
+    assert page.locator("#timeline-lanes .lane:not([data-lesson])").count() >= 1

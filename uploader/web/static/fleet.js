@@ -135,6 +135,7 @@ function poisonUpload() {
 }
 
 function narrateEvent(event) {
+  if (event.lesson) return; // a lesson's own run (its scratch vhost): the Lessons card narrates it
   const name = event.event || "";
   const watched = event.task_id && fleet.watched.get(event.task_id);
   if (name === "task.started" && event.redelivered) {
