@@ -232,7 +232,7 @@ def test_lessons_through_the_dashboard_api(lessons_api: str) -> None:
 def test_a_lessons_task_runs_are_on_the_dashboards_timeline(vhost: str) -> None:
     """A lesson's workers run in its scratch vhost, whose events the page's subscription never
     sees: their task runs are relayed to the timeline (``GET /api/timeline``), tagged with the
-    lesson, and nothing else is (a job event of the lesson's is no run)."""
+    lesson (the lesson's job event among them is no run)."""
     served_at: dict[str, str] = {}
 
     def timeline() -> list[dict[str, Any]]:
