@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from console.rabbitmq_cli import RabbitmqctlError, rabbitmqctl
 from console.waiting import wait_for
 
 NODE_NAMES = ("eqa", "eqb", "eqc")
@@ -37,20 +38,6 @@ SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 USER = "rabbitmq"
 #: Seconds a node may take to boot (or boot again with its quorum queues).
 BOOT_TIMEOUT_S = 120
-
-
-def rabbitmqctl(node: str, *args: str, timeout: float = 120, check: bool = True) -> str:
-    """``rabbitmqctl -q -n NODE ARGS``: its output (raises on failure when ``check``)."""
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", "-n", node, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl -n {node} {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
 
 
 @dataclass
@@ -124,24 +111,23 @@ class Node:
     def await_boot(self) -> None:
         """Back once the node runs RabbitMQ; remembers its VM's pid."""
         wait_for(self._answers, BOOT_TIMEOUT_S, f"node {self.name} to answer", every=0.5)
-        rabbitmqctl(self.name, "await_startup", "--timeout", str(BOOT_TIMEOUT_S))
-        self.pid = int(rabbitmqctl(self.name, "eval", "os:getpid().").strip().strip('"'))
+        rabbitmqctl("await_startup", "--timeout", str(BOOT_TIMEOUT_S), node=self.name)
+        self.pid = int(rabbitmqctl("eval", "os:getpid().", node=self.name).strip().strip('"'))
 
     def _answers(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             tail = (self.home / "console.log").read_text(errors="replace")[-2000:]
             raise AssertionError(f"node {self.name} exited ({self.proc.returncode}):\n{tail}")
-        return (
-            subprocess.run(
-                ["rabbitmqctl", "-q", "-n", self.name, "ping"], capture_output=True, timeout=60
-            ).returncode
-            == 0
-        )
+        try:
+            rabbitmqctl("ping", node=self.name, timeout=60)
+        except RabbitmqctlError:
+            return False
+        return True
 
     def kill(self) -> None:
         """SIGKILL the node's VM (and the rest of its process group): a crash."""
         if self.pid is None:
-            self.pid = int(rabbitmqctl(self.name, "eval", "os:getpid().").strip().strip('"'))
+            self.pid = int(rabbitmqctl("eval", "os:getpid().", node=self.name).strip().strip('"'))
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         self.reap()
@@ -181,9 +167,9 @@ class Cluster:
             node.await_boot()
         first = self.nodes[0].name
         for node in self.nodes[1:]:
-            rabbitmqctl(node.name, "stop_app")
-            rabbitmqctl(node.name, "join_cluster", first)
-            rabbitmqctl(node.name, "start_app")
+            rabbitmqctl("stop_app", node=node.name)
+            rabbitmqctl("join_cluster", first, node=node.name)
+            rabbitmqctl("start_app", node=node.name)
         wait_for(lambda: len(self.running()) == len(self.nodes), 60, "the nodes to form a cluster")
         self.formed_in_s = time.monotonic() - started
 
@@ -200,7 +186,7 @@ class Cluster:
         """Stop one node the way an operator does before maintenance (``rabbitmqctl stop``):
         its clients are told (CONNECTION_FORCED), its quorum queues hand their leadership over."""
         node = self.node(name)
-        rabbitmqctl(node.name, "stop")
+        rabbitmqctl("stop", node=node.name)
         if node.proc is not None:
             node.proc.wait(timeout=BOOT_TIMEOUT_S)
         node.reap()
@@ -223,7 +209,7 @@ class Cluster:
     def running(self) -> list[str]:
         """Nodes the cluster counts as running (asked of any node that answers)."""
         for node in self.alive():
-            out = rabbitmqctl(node.name, "cluster_status", "--formatter", "json", check=False)
+            out = rabbitmqctl("cluster_status", "--formatter", "json", node=node.name, check=False)
             with contextlib.suppress(ValueError):
                 return list(json.loads(out).get("running_nodes", []))
         return []
@@ -233,7 +219,7 @@ class Cluster:
 
     def ctl(self, *args: str, timeout: float = 120) -> str:
         """``rabbitmqctl ARGS`` on a running node."""
-        return rabbitmqctl(self.alive()[0].name, *args, timeout=timeout)
+        return rabbitmqctl(*args, node=self.alive()[0].name, timeout=timeout)
 
     # --- vhosts and URLs ------------------------------------------------------------------------
     def add_vhost(self, vhost: str) -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -21,7 +19,8 @@ from functools import cache
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+from console.rabbitmq_cli import LOOPBACK, RabbitmqctlError, local_amqp_ports, rabbitmqctl
+
 MANAGEMENT_PORT = 15672
 #: rabbitmqctl starts an Erlang VM per call (about a second): bounded, so a stuck node is an error.
 CTL_TIMEOUT_S = 60.0
@@ -60,12 +59,10 @@ class LocalNode:
 
     @staticmethod
     def _ctl(*args: str) -> str:
-        done = subprocess.run(
-            ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=CTL_TIMEOUT_S
-        )
-        if done.returncode != 0:
-            raise AdminUnavailable(f"rabbitmqctl {args[0]}: {done.stderr.strip()[-300:]}")
-        return done.stdout
+        try:
+            return rabbitmqctl(*args, timeout=CTL_TIMEOUT_S)
+        except RabbitmqctlError as exc:
+            raise AdminUnavailable(f"rabbitmqctl {args[0]}: {exc.stderr[-300:]}") from None
 
     def add_vhost(self, vhost: str, user: str) -> None:
         self._ctl("add_vhost", vhost)
@@ -130,22 +127,6 @@ class ManagementApi:
         }
 
 
-def local_amqp_ports() -> set[int]:
-    """The AMQP ports this machine's node serves (empty when there is no node or no tool)."""
-    if shutil.which("rabbitmqctl") is None or shutil.which("rabbitmq-diagnostics") is None:
-        return set()
-    try:
-        done = subprocess.run(
-            ["rabbitmq-diagnostics", "-q", "listeners"],
-            capture_output=True,
-            text=True,
-            timeout=CTL_TIMEOUT_S,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return set()
-    return {int(p) for p in re.findall(r"port: (\d+), protocol: amqp\b", done.stdout)}
-
-
 def admin_for(broker_url: str) -> BrokerAdmin:
     """How to administer the broker of ``broker_url`` (its first URL, for a failover list)."""
     url = urlsplit(broker_url.split(";")[0].strip())
@@ -156,7 +137,7 @@ def admin_for(broker_url: str) -> BrokerAdmin:
 @cache
 def _admin(host: str, port: int, user: str, password: str) -> BrokerAdmin:
     """Asked once per broker (asking the local node which ports it serves takes a second)."""
-    if host in LOOPBACK and port in local_amqp_ports():
+    if host in LOOPBACK and shutil.which("rabbitmqctl") and port in local_amqp_ports():
         return LocalNode()
     api = ManagementApi(host, user, password)
     if api.answers():

@@ -9,7 +9,6 @@ the system's own doing (retries with backoff, redeliveries, reconnects), and the
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import threading
@@ -19,10 +18,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config.brokers import split_broker_urls
+from console.rabbitmq_cli import LOOPBACK, local_amqp_ports, rabbitmqctl
 from console.tcp_proxy import TcpProxy
 from uploader.web.fleet import FleetError
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: rabbitmqctl's own waits, bounded so a stuck broker shows as an error, not a hung button.
 RABBITMQCTL_TIMEOUT_S = 120
 
@@ -96,18 +95,7 @@ class BrokerRestart:
             asking.start()
 
     def _ask_ports(self) -> None:
-        try:
-            done = subprocess.run(
-                ["rabbitmq-diagnostics", "-q", "listeners"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
-            self._ports = set()
-            return
-        self._ports = {int(p) for p in re.findall(r"port: (\d+), protocol: amqp\b", done.stdout)}
+        self._ports = local_amqp_ports()
 
     def refusal(self) -> str | None:
         """Why this broker cannot be restarted from here, or None."""
@@ -136,27 +124,15 @@ class BrokerRestart:
         started = time.monotonic()
         try:
             try:
-                self._rabbitmqctl("stop_app")
+                rabbitmqctl("stop_app", timeout=RABBITMQCTL_TIMEOUT_S)
             finally:  # stopped or not, started again: never leave the broker down
-                self._rabbitmqctl("start_app")
-                self._rabbitmqctl("await_startup")
+                rabbitmqctl("start_app", timeout=RABBITMQCTL_TIMEOUT_S)
+                rabbitmqctl("await_startup", timeout=RABBITMQCTL_TIMEOUT_S)
         except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
             self.state, self.detail = "error", str(exc)[-300:]
             return
         self.state = "up"
         self.detail = f"restarted in {time.monotonic() - started:.1f}s"
-
-    @staticmethod
-    def _rabbitmqctl(step: str) -> None:
-        done = subprocess.run(
-            ["rabbitmqctl", "-q", step],
-            capture_output=True,
-            text=True,
-            timeout=RABBITMQCTL_TIMEOUT_S,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {step}: {done.stderr.strip()}")
 
     def describe(self) -> dict[str, Any]:
         return {"state": self.state, "detail": self.detail, "refusal": self.refusal()}

@@ -11,7 +11,6 @@ a later one of the same job: what the consumers actually received, in the order 
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from collections import defaultdict
@@ -31,12 +30,12 @@ from console.learn.scenarios.kit import (
     stop_all,
     work,
 )
+from console.rabbitmq_cli import LOOPBACK, local_amqp_ports
 
 PLUGIN = "rabbitmq_consistent_hash_exchange"
 SHARED_QUEUE = "ordering.shared"
 HASH_EXCHANGE = "ordering.by-job"
 JOBS, EVENTS_PER_JOB, CONSUMERS, PARTITIONS = 4, 15, 3, 3
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 class PluginMissing(RuntimeError):
@@ -50,11 +49,7 @@ def _plugin_refusal(url: str) -> str | None:
         return f"the broker runs on {parts.hostname}, not on this machine"
     if shutil.which("rabbitmq-plugins") is None or shutil.which("rabbitmq-diagnostics") is None:
         return "rabbitmq-plugins is not installed here"
-    listeners = subprocess.run(
-        ["rabbitmq-diagnostics", "-q", "listeners"], capture_output=True, text=True, timeout=60
-    ).stdout
-    ports = {int(p) for p in re.findall(r"port: (\d+), protocol: amqp\b", listeners)}
-    if (parts.port or 5672) not in ports:
+    if (parts.port or 5672) not in local_amqp_ports():
         return f"the local RabbitMQ node does not serve port {parts.port or 5672}"
     return None
 
