@@ -34,12 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +65,7 @@ from capacity_refs import (  # noqa: E402
     watchdog_pass,
 )
 from capacity_report import print_fits, print_model  # noqa: E402
+from run_meta import git_revision, run_meta  # noqa: E402
 from support.fleet import WorkerFleet  # noqa: E402
 from support.stack import Stack, patched_environ  # noqa: E402
 from sweep_media import Source, make_source  # noqa: E402
@@ -258,23 +257,15 @@ def parse_args() -> argparse.Namespace:
 
 def header(args: argparse.Namespace, dropped: list[str]) -> dict[str, Any]:
     """What the run was: printed and kept in the JSON."""
-    rev = subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
-    ).stdout.strip()
-    meta = {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tree": rev or "?",
-        "cores": os.cpu_count(),
-        "source": "testsrc2 + 440 Hz tone, 1280x720, 30 fps, H.264 closed 2 s GOPs",
-        "fleet": f"{WORKERS} x python -m worker --concurrency 1, default settings but "
+    return run_meta(
+        git_revision(ROOT),
+        source="testsrc2 + 440 Hz tone, 1280x720, 30 fps, H.264 closed 2 s GOPs",
+        fleet=f"{WORKERS} x python -m worker --concurrency 1, default settings but "
         + ", ".join(f"{k}={v}" for k, v in FLEET_ENV.items()),
-        "modes": {m: MODES[m][1] or "defaults" for m in args.modes},
-        "lengths_s": args.lengths,
-        "dropped_env": dropped,
-    }
-    for key, value in meta.items():
-        print(f"{key:12} {value}")
-    return meta
+        modes={m: MODES[m][1] or "defaults" for m in args.modes},
+        lengths_s=args.lengths,
+        dropped_env=dropped,
+    )
 
 
 def main() -> None:

@@ -35,13 +35,11 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +48,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))  # the suite's helpers: one stack, fleet, media recipe
 
 from bench_chunked import epoch, one_process  # noqa: E402
+from run_meta import git_revision, run_meta  # noqa: E402
 from support.fleet import WorkerFleet, worker_fleet  # noqa: E402
 from support.media import FRAME_RATES  # noqa: E402
 from support.stack import isolated_stack  # noqa: E402
@@ -338,24 +337,16 @@ def defaults_only() -> list[str]:
 
 def header(args: argparse.Namespace, dropped: list[str]) -> dict[str, object]:
     """What the run was: printed and kept in the JSON."""
-    rev = subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
-    ).stdout.strip()
-    meta = {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tree": f"{ROOT} @ {rev or '?'}",
-        "cores": os.cpu_count(),
-        "size": args.size,
-        "fleet": f"{args.fleet} (processes x concurrency), default settings",
-        "mode": args.mode or "the default (the probe picks)",
-        "seed": args.seed,
-        "repeat": args.repeat,
-        "quality": args.quality,
-        "dropped_env": dropped,
-    }
-    for key, value in meta.items():
-        print(f"{key:12} {value}")
-    return meta
+    return run_meta(
+        f"{ROOT} @ {git_revision(ROOT)}",
+        size=args.size,
+        fleet=f"{args.fleet} (processes x concurrency), default settings",
+        mode=args.mode or "the default (the probe picks)",
+        seed=args.seed,
+        repeat=args.repeat,
+        quality=args.quality,
+        dropped_env=dropped,
+    )
 
 
 def main() -> None:
