@@ -121,7 +121,7 @@ def finalize(self: Task, job_id: str) -> None:
     jobs.save(job)
     # Again, now that the job says it ended: what a late copy of a task wrote since the first
     # removal (core/intermediates.py: the finalizer's half of the fence).
-    remove_if_ended(jobs, job_id)
+    remove_intermediates_quietly(storage, job_id)
     host_cache.job_ended(job_id)  # here now; every other host on the event
     emit(app, "job.completed", job_id=job_id, master_playlist=master_uri)
 
